@@ -144,5 +144,247 @@ def versions_verify(ctx) -> None:
     click.echo(f"{checked} files match their manifests")
 
 
+# ---- models -------------------------------------------------------------------------------------------------------
+
+
+@cli.group(cls=TsrGroup)
+def models() -> None:
+    """Register and list model snapshots."""
+
+
+@models.command(name="add")
+@click.argument("source", required=False)
+@click.option("--default", "use_default", is_flag=True, help="The embedded SmolLM2-135M-Instruct (converted once).")
+@click.option("--name", help="A name for the snapshot (default: folder name or repo id).")
+@click.option("--role", type=click.Choice(["m0", "judge", "reward", "external"]), default="external",
+              show_default=True)
+@click.option("--revision", help="Hub revision (branch, tag or commit) to resolve.")
+@click.pass_context
+def models_add(ctx, source, use_default, name, role, revision) -> None:
+    """Add a local model folder (safetensors) or a Hub model id as a snapshot."""
+    from builder import snapshot as snapshots
+
+    if use_default == (source is not None):
+        raise TsrError("give either a model folder / hub id or --default")
+    store = _store(ctx, create=True)
+    with store.writing():
+        if use_default:
+            snap = snapshots.add_default(store)
+        elif Path(source).exists():
+            snap = snapshots.add_local(store, Path(source), name=name, role=role)
+        else:
+            snap = snapshots.add_hub(store, source, revision=revision, name=name, role=role)
+    click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  ({snap.role})")
+
+
+@models.command(name="list")
+@click.pass_context
+def models_list(ctx) -> None:
+    """List snapshots with their lineage."""
+    from builder.snapshot import list_snapshots
+
+    for snap in list_snapshots(_store(ctx)):
+        parent = f" <- {snap.parent_snapshot_id} on pairs {snap.pair_version}" if snap.parent_snapshot_id else ""
+        temporary = " [temporary]" if snap.temporary else ""
+        click.echo(f"{snap.snapshot_id}  {snap.name:<28} {snap.role:<9}{temporary}{parent}")
+
+
+# ---- shared options ---------------------------------------------------------------------------------------------
+
+
+def profile_option(function):
+    return click.option("--profile", default="cpu-demo", show_default=True,
+                        help="Settings profile: paper, cpu-demo, or a YAML file; flags override it.")(function)
+
+
+def generation_options(function):
+    for option in reversed([
+        click.option("-k", "k", type=int, help="Samples per prompt."),
+        click.option("--temperature", type=float),
+        click.option("--top-p", type=float),
+        click.option("--max-new-tokens", type=int),
+        click.option("--seed", type=int),
+        click.option("--backend", type=click.Choice(["hf", "vllm"])),
+        click.option("--batch-size", type=int, help="Throughput only: never changes results."),
+    ]):
+        function = option(function)
+    return function
+
+
+def prompt_options(function):
+    function = click.option("--prompt-set", help="Prompt-set version (default: the shipped default prompts).")(
+        function)
+    return click.option("--chunk", type=int, default=1, show_default=True, help="Prompt chunk.")(function)
+
+
+def _resolve_prompt_set(store, prompt_set: str | None, chunks: int) -> str:
+    from builder.stages.prompts import Chunking, default_prompts_path, import_prompts
+
+    if prompt_set:
+        manifest = store.find_version(prompt_set)
+        if manifest.table != "prompts":
+            raise TsrError(f"version {manifest.version} is a {manifest.table} version, not a prompt set")
+        return manifest.version
+    manifest, _ = import_prompts(store, default_prompts_path(), chunking=Chunking(chunks=chunks))
+    return manifest.version
+
+
+# ---- generate, judge --------------------------------------------------------------------------------------------
+
+
+@cli.command(name="generate")
+@click.option("--snapshot", "snapshot_ref", required=True, help="Snapshot id, prefix or name (see tsr models list).")
+@prompt_options
+@click.option("--sample-offset", type=int, default=0, show_default=True,
+              help="First sample index (M0's past pool uses K..2K-1).")
+@generation_options
+@profile_option
+@click.pass_context
+def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, profile, **flags) -> None:
+    """Sample K responses per prompt of a chunk from a snapshot."""
+    from builder.config import load_profile
+    from builder.loop import default_generator_factory, prompt_chunk
+    from builder.snapshot import get_snapshot
+    from builder.stages.generate import generate
+
+    settings = load_profile(profile, {"generate": flags})
+    store = _store(ctx, create=True)
+    with store.writing():
+        snap = get_snapshot(store, snapshot_ref)
+        set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+        prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
+        factory = default_generator_factory(store, settings)
+        result = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
+                          sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
+                          cfg=settings.generate, load_generator=lambda: factory(snap))
+    click.echo(f"generations {result.version}: {result.generated} generated, {result.reused} reused")
+
+
+@cli.command(name="judge")
+@click.option("--snapshot", "snapshot_ref", required=True, help="The snapshot whose generations are judged.")
+@click.option("--judge", "judge_ref", help="Judge snapshot (default: the same snapshot, i.e. self-judging); a "
+              "snapshot added with --role reward judges as a reward model.")
+@prompt_options
+@click.option("--sample-offset", type=int, default=0, show_default=True)
+@click.option("--mode", type=click.Choice(["generate", "forced", "auto"]))
+@click.option("--samples", type=int, help="Judge replies averaged per response.")
+@click.option("--template", type=click.Path(path_type=Path), help="Rubric template with {prompt} and {response}.")
+@click.option("--judge-max-new-tokens", type=int, help="Tokens of justification (forced mode: 0 for none).")
+@click.option("--judge-temperature", type=float, help="Sampling temperature of the justification.")
+@generation_options
+@profile_option
+@click.pass_context
+def judge_command(ctx, snapshot_ref, judge_ref, chunk, prompt_set, sample_offset, mode, samples, template,
+                  judge_max_new_tokens, judge_temperature, profile, **flags) -> None:
+    """Judge a snapshot's generations of a chunk (generating any that are missing)."""
+    from builder.config import load_profile
+    from builder.loop import default_generator_factory, prompt_chunk, reward_loader
+    from builder.snapshot import get_snapshot
+    from builder.stages.generate import generate
+    from builder.stages.judge import judge, template_text
+
+    judge_flags = {"mode": mode, "samples": samples, "template": str(template) if template else None,
+                   "seed": flags.get("seed"), "max_new_tokens": judge_max_new_tokens,
+                   "temperature": judge_temperature}
+    settings = load_profile(profile, {"generate": flags, "judge": judge_flags})
+    template_text(settings.judge)  # a bad template fails before anything is generated
+    store = _store(ctx, create=True)
+    with store.writing():
+        snap = get_snapshot(store, snapshot_ref)
+        judge_snap = get_snapshot(store, judge_ref) if judge_ref else snap
+        set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+        prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
+        factory = default_generator_factory(store, settings)
+        generated = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
+                             sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
+                             cfg=settings.generate, load_generator=lambda: factory(snap))
+        reward = judge_snap.role == "reward"
+        loader = reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap))
+        result = judge(store, judge_id=judge_snap.snapshot_id, generation_ids=generated.generation_ids,
+                       cfg=settings.judge, load_generator=loader, reward=reward)
+    stats = store.manifest(result.version).stats
+    click.echo(f"judgments {result.version}: {result.judged} judged, {result.reused} reused, "
+               f"{stats.get('unparsable', 0)} unparsable, scored by {stats.get('scored_by', {})}")
+
+
+# ---- the loop and the trainer -----------------------------------------------------------------------------------
+
+
+def loop_options(function):
+    for option in reversed([
+        click.option("--iter", "iteration", type=int, required=True, help="Iteration N (1-based)."),
+        click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), default="tsr", show_default=True),
+        click.option("--m0", "m0_ref", help="Starting snapshot M0 (default: the embedded SmolLM2-135M-Instruct)."),
+        click.option("--judge", "judge_ref", help="A fixed judge snapshot instead of self-judging."),
+        click.option("--prompt-set", help="Prompt-set version (default: the shipped default prompts)."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set, overrides=None):
+    from builder import snapshot as snapshots
+    from builder.config import load_profile
+    from builder.loop import Loop
+
+    settings = load_profile(profile, overrides or {})
+    store = _store(ctx, create=True)
+    m0 = snapshots.get_snapshot(store, m0_ref) if m0_ref else snapshots.add_default(store)
+    judge_snap = snapshots.get_snapshot(store, judge_ref) if judge_ref else None
+    set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+    return store, Loop(store, settings, m0=m0, prompt_set=set_version, method=method, judge=judge_snap)
+
+
+@cli.command(name="pairs")
+@loop_options
+@profile_option
+@click.pass_context
+def pairs_command(ctx, iteration, method, m0_ref, judge_ref, prompt_set, profile) -> None:
+    """Build iteration N's preference pairs (training M_1..M_{N-1} on the way), reusing what exists."""
+    import time
+
+    from builder.summary import loop_summary
+
+    started = time.monotonic()
+    store = _store(ctx, create=True)
+    with store.writing():
+        store, loop = _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set)
+        result = loop.iteration(iteration)
+    click.echo(loop_summary(store, loop, result, time.monotonic() - started))
+
+
+@cli.command(name="train")
+@click.option("--pairs", "pair_ref", help="Train on this pair version (id or prefix) instead of --iter.")
+@click.option("--iter", "iteration", type=int, help="Train M_N on iteration N's final pairs.")
+@click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), default="tsr", show_default=True)
+@click.option("--m0", "m0_ref")
+@click.option("--judge", "judge_ref")
+@click.option("--prompt-set")
+@profile_option
+@click.pass_context
+def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_set, profile) -> None:
+    """DPO-train a new snapshot from a pair version (TRL), recording its lineage."""
+    from builder.config import load_profile
+    from builder.snapshot import get_snapshot
+    from train.dpo import train_dpo
+
+    if (pair_ref is None) == (iteration is None):
+        raise TsrError("give either --pairs VERSION or --iter N")
+    store = _store(ctx, create=True)
+    with store.writing():
+        if pair_ref:
+            manifest = store.find_version(pair_ref)
+            if manifest.table != "pairs":
+                raise TsrError(f"version {manifest.version} is a {manifest.table} version, not a pair version")
+            start = get_snapshot(store, manifest.config["policy"])
+            result = train_dpo(store, manifest.version, start, load_profile(profile).train)
+            snap, metrics = result.snapshot, result.metrics
+        else:
+            store, loop = _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set)
+            snap = loop.policy(iteration)
+            metrics = {}
+    click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  {metrics}")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli(obj={})

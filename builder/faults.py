@@ -2,7 +2,8 @@
 
 `crash_point("name")` does nothing unless TSR_CRASH_AT names it, in which case the process SIGKILLs itself
 right there: a real, uncatchable kill at a known place, so tests prove that every step of a write can die
-without losing or half-exposing data. One environment lookup per call; never set in normal use.
+without losing or half-exposing data. `TSR_CRASH_AT=name#N` kills at the N-th time the point is reached, to
+reach deep into a long run. One environment lookup per call; never set in normal use.
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from __future__ import annotations
 import os
 import signal
 
+_hits: dict[str, int] = {}
+
 
 def crash_point(name: str) -> None:
-    if os.environ.get("TSR_CRASH_AT") == name:
+    target = os.environ.get("TSR_CRASH_AT")
+    if not target:
+        return
+    point, _, nth = target.partition("#")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

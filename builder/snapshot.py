@@ -185,6 +185,9 @@ def add_default(store: Store) -> Snapshot:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    from builder.progress import quiet_libraries
+
+    quiet_libraries()
     folder, gguf_file = default_gguf()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     # Without dequantize=True the model stays marked quantized and can be neither saved nor trained.

@@ -28,10 +28,11 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -108,7 +109,7 @@ class Store:
     # ---- opening ----------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: str | os.PathLike | None = None, *, create: bool = False) -> "Store":
+    def open(cls, root: str | os.PathLike | None = None, *, create: bool = False) -> Store:
         path = resolve_root(root)
         marker = path / "store.json"
         if marker.is_file():
@@ -142,7 +143,7 @@ class Store:
         return store
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator["Store"]:
+    def writing(self) -> Iterator[Store]:
         """Hold the store's write lock, and clear leftovers of killed writers before writing anything."""
         lock_path = self.root / ".lock"
         with open(lock_path, "a+") as lock:

@@ -1,0 +1,248 @@
+"""The transformers backend: batched generation, forced-score digit probabilities and hidden-state means.
+
+torch and transformers are imported inside functions only, so importing this module costs nothing.
+
+Per-sample reproducibility: a resumed run must write the same text for the same (request, seed) whichever other
+requests share its batch. `model.generate(do_sample=True)` draws every row from one global RNG, so a row's text
+depends on its batch neighbours. Here a logits processor does the sampling itself: temperature, then top-p, then
+one draw per row from that row's own torch.Generator seeded with the request's seed; it then masks every other
+token to -inf, so `generate(do_sample=False)` takes exactly the drawn token. Temperature 0 is plain greedy decoding.
+(Left padding changes the floating-point path only in the last bits; a draw could flip only if it lands on a
+boundary of the cumulative distribution to within that error.)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from builder.backends.base import (
+    BackendMissing,
+    GenRequest,
+    GenResult,
+    SamplingSettings,
+    ScoreTokens,
+    render_chat,
+    score_tokens,
+)
+from builder.errors import TsrError
+
+if TYPE_CHECKING:
+    import torch
+
+_INSTALL = "pip install 'temporal-sr[train]'"
+
+
+class HFGenerator:
+    """A local model folder (safetensors) loaded with transformers; `.model` and `.tokenizer` are reusable."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+    ) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise BackendMissing(f"the hf backend needs torch and transformers ({exc.name} is missing): {_INSTALL}") \
+                from None
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left so new tokens line up
+        if self.tokenizer.pad_token_id is None:
+            if self.tokenizer.eos_token_id is None:
+                raise TsrError(f"{model_path}: tokenizer has neither a pad nor an eos token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=self.dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        self.eos_token_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        if not self.eos_token_ids:
+            raise TsrError(f"{model_path}: no eos token in generation_config.json or the tokenizer")
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    # -- Generator protocol -------------------------------------------------------------------------------------
+
+    def render(self, messages: list[dict], continuation: str = "") -> str:
+        return render_chat(self.tokenizer, messages, continuation)
+
+    def generate(self, requests: Sequence[GenRequest], sampling: SamplingSettings) -> Iterator[list[GenResult]]:
+        for start in range(0, len(requests), self.batch_size):
+            yield self._generate_batch(requests[start : start + self.batch_size], sampling)
+
+    def digit_probs(self, texts: Sequence[str]) -> list[list[float]]:
+        import torch
+
+        tokens = self.score_tokens
+        digits = torch.tensor(tokens.digits, device=self.device)
+        out: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            ids = [self._encode(text) + list(tokens.bridge) for text in texts[start : start + self.batch_size]]
+            extra = {"logits_to_keep": 1} if self._keeps_logits else {}
+            with torch.inference_mode():
+                logits = self.model(**self._padded(ids), use_cache=False, **extra).logits[:, -1, :].float()
+            # softmax over the six digit logits == the full softmax renormalized over the six digits
+            out.extend(torch.softmax(logits[:, digits], dim=-1).tolist())
+        return out
+
+    # -- extras for the trainer and the stats -------------------------------------------------------------------
+
+    @functools.cached_property
+    def score_tokens(self) -> ScoreTokens:
+        return score_tokens(self._encode)
+
+    def hidden_state_means(self, texts: Sequence[str]) -> list[list[float]]:
+        """Mean of the last layer's hidden states over each text's tokens (texts are encoded as they are).
+
+        An empty text has no tokens and gets a zero vector.
+        """
+        import torch
+
+        out: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self._padded([self._encode(text) for text in texts[start : start + self.batch_size]])
+            with torch.inference_mode():
+                hidden = self.model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[-1].float()
+            mask = inputs["attention_mask"].unsqueeze(-1)
+            # masked_fill, not a product: an all-padding row (empty text) may hold NaNs, and NaN * 0 is NaN
+            means = hidden.masked_fill(mask == 0, 0.0).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            out.extend(means.tolist())
+        return out
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        # Rendered chat text already holds the template's special tokens (BOS included where the template writes
+        # one), as apply_chat_template(tokenize=True) would: add none here.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _padded(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded input_ids, attention_mask and the position_ids a plain forward needs to skip the padding."""
+        import torch
+
+        width = max(1, max(len(row) for row in ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+
+    def _generate_batch(self, batch: Sequence[GenRequest], sampling: SamplingSettings) -> list[GenResult]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        ids = [self._encode(self.render(request.messages)) for request in batch]
+        inputs = self._padded(ids)
+        inputs.pop("position_ids")  # generate derives them from the attention mask
+        # An explicit config, so the folder's generation_config.json (its temperature, repetition penalty, ...)
+        # cannot change what the sampling settings mean; only its eos ids are kept.
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=list(self.eos_token_ids), pad_token_id=self.tokenizer.pad_token_id,
+        )
+        processors = LogitsProcessorList()
+        if sampling.temperature > 0:
+            processors.append(seeded_sampler([r.seed for r in batch], sampling.temperature, sampling.top_p))
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, generation_config=config, logits_processor=processors)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        eos = set(self.eos_token_ids)
+        results = []
+        for request, prompt, tokens in zip(batch, ids, new_tokens):
+            end = next((i for i, token in enumerate(tokens) if token in eos), None)
+            if end is None:  # never ended: ran to max_new_tokens (unfinished rows are never padded)
+                content, count, finish = tokens, len(tokens), "length"
+            else:  # rows that end early are padded after their eos: count up to and including it
+                content, count, finish = tokens[:end], end + 1, "stop"
+            text = self.tokenizer.decode(content, skip_special_tokens=True)
+            results.append(GenResult(request.key, text, len(prompt), count, finish))
+        return results
+
+
+def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+    """None or "auto": bf16 on CUDA (fp16 where the GPU lacks bf16), bf16 on a CPU with native bf16, else fp32."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if dtype not in (None, "auto"):
+        if dtype not in names:
+            raise TsrError(f"unknown dtype {dtype!r}; use auto, {', '.join(names)}")
+        return names[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX-512 or AMX on x86, bf16 on Arm); emulated bf16 is slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _eos_ids(*sources: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in sources:
+        for value in source if isinstance(source, (list, tuple)) else [source]:
+            if value is not None and int(value) not in ids:
+                ids.append(int(value))
+    return tuple(ids)
+
+
+def seeded_sampler(seeds: Sequence[int], temperature: float, top_p: float) -> Any:
+    """A LogitsProcessor that samples row i with its own generator seeded by seeds[i] (see the module docstring)."""
+    return _sampler_class()(seeds, temperature, top_p)
+
+
+@functools.cache
+def _sampler_class() -> type:
+    import torch
+    from transformers import LogitsProcessor
+
+    class SeededSampler(LogitsProcessor):
+        def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+            if temperature <= 0:
+                raise ValueError(f"SeededSampler needs temperature > 0 (0 is greedy), got {temperature}")
+            self.seeds = list(seeds)
+            self.temperature = temperature
+            self.top_p = top_p
+            self.generators: list[torch.Generator] | None = None
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if self.generators is None:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+            logits = scores.float() / self.temperature
+            if self.top_p < 1.0:
+                # nucleus: drop the low tail whose total mass is at most 1 - top_p, always keeping the top token
+                # (the same rule as transformers' TopPLogitsWarper and vLLM)
+                sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+                tail = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - self.top_p
+                tail[..., -1] = False
+                logits = logits.masked_fill(tail.scatter(1, order, tail), float("-inf"))
+            probs = logits.softmax(dim=-1)
+            picks = torch.cat([torch.multinomial(probs[row], 1, generator=generator)
+                               for row, generator in enumerate(self.generators)])
+            forced = torch.full_like(scores, float("-inf"))
+            return forced.scatter_(1, picks.unsqueeze(1), 0.0)
+
+    return SeededSampler

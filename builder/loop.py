@@ -1,0 +1,228 @@
+"""The iteration loop: everything iteration N needs, reusing whatever exists.
+
+Iteration N (1-based) starts from M_{N-1} (M_0 is the starting model), uses prompt chunk N, builds its pairs and
+would train M_N. Building iteration N's pairs therefore trains M_1 ... M_{N-1} on the way. Every step is a
+content-keyed stage, so a rerun (or an SR run beside a TSR run in the same data root) finds and reuses what
+exists: M0's samples and judgments, temporary future models, pairs, trained snapshots.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from builder.backends.base import Generator
+from builder.config import Profile
+from builder.errors import TsrError
+from builder.snapshot import Snapshot
+from builder.stages import pair_rules
+from builder.stages.generate import GenerationSet, generate
+from builder.stages.judge import JudgmentSet, judge
+from builder.stages.pairs import Pool, materialize, scored_frame
+from builder.store import Store
+
+METHODS = ("tsr", "sr", "tsr-past")
+
+
+@dataclass
+class IterationResult:
+    iteration: int
+    method: str
+    policy: Snapshot  # M_{N-1}, the model that sampled and judged
+    final_pairs: str  # the pair version that trains M_N
+    pair_versions: dict[str, str] = field(default_factory=dict)  # phase -> version
+    future: Snapshot | None = None
+
+
+def prompt_chunk(store: Store, prompt_set: str, chunk: int, limit: int | None = None) -> pl.DataFrame:
+    """Prompts (prompt_id, text) of one chunk of a prompt set, in file order, optionally only the first `limit`."""
+    table = pl.from_arrow(store.read("prompts", versions=[prompt_set]))
+    assert isinstance(table, pl.DataFrame)
+    selected = table.filter(pl.col("chunk") == chunk).sort("position").select("prompt_id", "text")
+    if selected.is_empty():
+        raise TsrError(f"prompt set {prompt_set} has {table['chunk'].max()} chunk(s); chunk {chunk} does not exist")
+    return selected.head(limit) if limit else selected
+
+
+def reward_loader(store: Store, snapshot: Snapshot) -> Callable[[], Generator]:
+    """Loads a reward-model judge (a snapshot registered with role "reward")."""
+
+    def load():
+        from builder.backends.reward import RewardScorer
+        from builder.progress import quiet_libraries
+
+        quiet_libraries()
+        return RewardScorer(snapshot.folder(store))
+
+    return load
+
+
+def default_generator_factory(store: Store, profile: Profile) -> Callable[[Snapshot], Generator]:
+    def make(snapshot: Snapshot) -> Generator:
+        from builder.backends.base import get_generator
+        from builder.progress import quiet_libraries
+
+        quiet_libraries()
+        return get_generator(profile.generate.backend, snapshot.folder(store),
+                             batch_size=profile.generate.batch_size)
+
+    return make
+
+
+class Loop:
+    """Builds the pairs of any iteration for one method; one loaded model at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        profile: Profile,
+        *,
+        m0: Snapshot,
+        prompt_set: str,
+        method: str = "tsr",
+        judge: Snapshot | None = None,
+        generator_factory: Callable[[Snapshot], Generator] | None = None,
+    ):
+        if method not in METHODS:
+            raise TsrError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        self.store = store
+        self.profile = profile
+        self.m0 = m0
+        self.prompt_set = prompt_set
+        self.method = method
+        self.fixed_judge = judge
+        self.make_generator = generator_factory or default_generator_factory(store, profile)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.work: dict[str, int] = {"generated": 0, "judged": 0, "trained": 0}  # what was computed, not reused
+        self.results: dict[int, IterationResult] = {}
+        self._policies: dict[int, Snapshot] = {0: m0}
+        self._loaded: tuple[str, Generator] | None = None
+
+    # ---- models -----------------------------------------------------------------------------------------------
+
+    def generator_for(self, snapshot: Snapshot) -> Callable[[], Generator]:
+        """A loader for stages: only called when a stage has work, and reuses the model already in memory."""
+
+        def load() -> Generator:
+            if self._loaded is None or self._loaded[0] != snapshot.snapshot_id:
+                self._loaded = None
+                gc.collect()
+                started = time.monotonic()
+                self._loaded = (snapshot.snapshot_id, self.make_generator(snapshot))
+                self.seconds["load model"] += time.monotonic() - started
+            return self._loaded[1]
+
+        return load
+
+    def policy(self, n: int) -> Snapshot:
+        """M_n: M0 for n = 0, else M_{n-1} trained on iteration n's final pairs."""
+        if n not in self._policies:
+            from train.dpo import train_dpo
+
+            result = self.iteration(n)
+            start = self.policy(n - 1)
+            self._loaded = None  # free the generator's memory for training
+            started = time.monotonic()
+            trained = train_dpo(self.store, result.final_pairs, start, self.profile.train,
+                                role="iteration", name=f"M{n}-{self.method}")
+            self.seconds["train"] += time.monotonic() - started
+            self.work["trained"] += int(trained.trained)
+            self._policies[n] = trained.snapshot
+        return self._policies[n]
+
+    # ---- one iteration ----------------------------------------------------------------------------------------
+
+    def prompts(self, n: int) -> pl.DataFrame:
+        return prompt_chunk(self.store, self.prompt_set, n, self.profile.loop.prompts_per_iteration)
+
+    def _generate(self, snapshot: Snapshot, prompts: pl.DataFrame, indices: range, label: str) -> GenerationSet:
+        started = time.monotonic()
+        result = generate(self.store, snapshot_id=snapshot.snapshot_id, prompts=prompts, prompt_set=self.prompt_set,
+                          sample_indices=list(indices), cfg=self.profile.generate,
+                          load_generator=self.generator_for(snapshot), label=label)
+        self.seconds["generate"] += time.monotonic() - started
+        self.work["generated"] += result.generated
+        return result
+
+    def _judge(self, judge_snapshot: Snapshot, generations: GenerationSet, label: str) -> JudgmentSet:
+        started = time.monotonic()
+        reward = judge_snapshot.role == "reward"
+        loader = reward_loader(self.store, judge_snapshot) if reward else self.generator_for(judge_snapshot)
+        result = judge(self.store, judge_id=judge_snapshot.snapshot_id, generation_ids=generations.generation_ids,
+                       cfg=self.profile.judge, load_generator=loader, reward=reward, label=label)
+        self.seconds["judge"] += time.monotonic() - started
+        self.work["judged"] += result.judged
+        return result
+
+    def _pairs(self, build: pair_rules.PairBuild, scored: pl.DataFrame, n: int, phase: str, policy: Snapshot,
+               judge_id: str, parents: list[str]) -> str:
+        started = time.monotonic()
+        version = materialize(self.store, build=build, method=self.method, iteration=n, phase=phase,
+                              judge_id=judge_id, policy_id=policy.snapshot_id, scored=scored, parents=parents)
+        self.seconds["pairs"] += time.monotonic() - started
+        return version
+
+    def iteration(self, n: int) -> IterationResult:
+        if n in self.results:
+            return self.results[n]
+        if n < 1:
+            raise TsrError(f"iterations count from 1, got {n}")
+        policy = self.policy(n - 1)
+        judge_snapshot = self.fixed_judge or policy  # self-judging unless a fixed judge is given
+        prompts = self.prompts(n)
+        gen_cfg = self.profile.generate
+        k = gen_cfg.k
+        tag = f"iter {n}"
+
+        if self.method == "sr":
+            k = self.profile.loop.sr_k or k
+            current = self._generate(policy, prompts, range(k), f"{tag} M_i")
+            judged = self._judge(judge_snapshot, current, f"{tag} judge M_i")
+            scored = scored_frame(self.store, [Pool("current", judged.judgment_ids)])
+            build = pair_rules.build_sr(scored)
+            version = self._pairs(build, scored, n, "sr", policy, judge_snapshot.snapshot_id,
+                                  [current.version, judged.version])
+            result = IterationResult(n, self.method, policy, version, {"sr": version})
+            self.results[n] = result
+            return result
+
+        # Phase 1: anchored rejection. The past pool is always M0's sample indices K..2K-1 (SPEC.md).
+        current = self._generate(policy, prompts, range(k), f"{tag} M_i")
+        past = self._generate(self.m0, prompts, range(k, 2 * k), f"{tag} M0")
+        judged_current = self._judge(judge_snapshot, current, f"{tag} judge M_i")
+        judged_past = self._judge(judge_snapshot, past, f"{tag} judge M0")
+        pools = [Pool("current", judged_current.judgment_ids), Pool("past", judged_past.judgment_ids)]
+        scored1 = scored_frame(self.store, pools)
+        d1 = pair_rules.build_d1(scored1)
+        parents1 = [current.version, past.version, judged_current.version, judged_past.version]
+        d1_version = self._pairs(d1, scored1, n, "d1", policy, judge_snapshot.snapshot_id, parents1)
+        result = IterationResult(n, self.method, policy, d1_version, {"d1": d1_version})
+        if self.method == "tsr-past":
+            self.results[n] = result
+            return result
+
+        # Phase 2: future-guided chosen. M_f = DPO(M_i on D1) only generates; M_i (not M_f) judges.
+        from train.dpo import train_dpo
+
+        self._loaded = None
+        started = time.monotonic()
+        trained = train_dpo(self.store, d1_version, policy, self.profile.train, role="future",
+                            name=f"Mf{n}-{self.method}", temporary=True)
+        future = trained.snapshot
+        self.seconds["train"] += time.monotonic() - started
+        self.work["trained"] += int(trained.trained)
+        generated_future = self._generate(future, prompts, range(k), f"{tag} M_f")
+        judged_future = self._judge(judge_snapshot, generated_future, f"{tag} judge M_f")
+        scored2 = scored_frame(self.store, [*pools, Pool("future", judged_future.judgment_ids)])
+        d2 = pair_rules.build_d2(scored2, d1)
+        d2_version = self._pairs(d2, scored2, n, "d2", policy, judge_snapshot.snapshot_id,
+                                 [*parents1, d1_version, generated_future.version, judged_future.version])
+        result = IterationResult(n, self.method, policy, d2_version, {"d1": d1_version, "d2": d2_version},
+                                 future=future)
+        self.results[n] = result
+        return result

@@ -1,0 +1,110 @@
+"""Pair stage: join generations with their judgments into pools, apply the pair rules, materialize a pair version.
+
+The rules themselves (SPEC.md, golden cases) are pure table functions in builder/stages/pair_rules.py; this module
+only gathers their input from the store and writes their output with lineage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from builder.fingerprint import content_hash, stage_fingerprint
+from builder.stages.pair_rules import PairBuild
+from builder.store import Store, now_utc
+from schemas.tables import PAIRS
+
+STAGE = "pairs"
+CODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One pool of a pair build: its name (current, past, future) and the judgments that score its samples."""
+
+    name: str
+    judgment_ids: list[str]
+
+
+def scored_frame(store: Store, pools: list[Pool]) -> pl.DataFrame:
+    """The pair rules' input: prompt_id, pool, sample_index, generation_id, snapshot_id, score (null = unparsable)."""
+    wanted = pl.DataFrame(
+        {
+            "judgment_id": [jid for pool in pools for jid in pool.judgment_ids],
+            "pool": [pool.name for pool in pools for _ in pool.judgment_ids],
+        }
+    )
+    judgments = pl.from_arrow(store.read("judgments").select(["judgment_id", "generation_id", "score"]))
+    generations = pl.from_arrow(
+        store.read("generations").select(["generation_id", "prompt_id", "sample_index", "snapshot_id"])
+    )
+    assert isinstance(judgments, pl.DataFrame) and isinstance(generations, pl.DataFrame)
+    frame = wanted.join(judgments, on="judgment_id", how="left").join(generations, on="generation_id", how="left")
+    missing = frame.filter(pl.col("generation_id").is_null() | pl.col("prompt_id").is_null()).height
+    if missing:
+        raise RuntimeError(f"{missing} judgments or generations of the pools are not in the store")
+    return frame.select(
+        "prompt_id", "pool", pl.col("sample_index").cast(pl.Int32), "generation_id", "snapshot_id",
+        pl.col("score").cast(pl.Float64),
+    )
+
+
+def materialize(
+    store: Store,
+    *,
+    build: PairBuild,
+    method: str,
+    iteration: int,
+    phase: str,
+    judge_id: str,
+    policy_id: str,
+    scored: pl.DataFrame,
+    parents: list[str],
+) -> str:
+    """Write one pair version (or find it) and return its id."""
+    # `policy` is M_i: the snapshot these pairs train (and the DPO reference).
+    config = {"method": method, "iteration": iteration, "phase": phase, "judge": judge_id, "policy": policy_id,
+              "inputs": content_hash(sorted(scored["generation_id"].to_list() + [str(s) for s in scored["score"]]))}
+    version = stage_fingerprint(STAGE, CODE_VERSION, config, parents)
+    if store.manifest(version) is not None:
+        return version
+    pairs = build.pairs
+    created = now_utc()
+    table = pairs.with_columns(
+        pl.col("prompt_id").map_elements(lambda pid: content_hash([version, pid]), return_dtype=pl.String)
+        .alias("pair_id"),
+        pl.lit(version).alias("pair_version"),
+        pl.lit(method).alias("method"),
+        pl.lit(iteration, dtype=pl.Int32).alias("iteration"),
+        pl.lit(phase).alias("phase"),
+        pl.lit(judge_id).alias("judge_id"),
+        pl.lit(created, dtype=pl.Datetime("us", "UTC")).alias("created_at"),
+    ).select(PAIRS.names)
+    scores = scored["score"]
+    stats = {
+        **build.counts(),
+        "prompts": scored["prompt_id"].n_unique(),
+        "samples": scored.height,
+        "unparsable": int(scores.is_null().sum()),
+        "mean_chosen": _mean(pairs["chosen_score"]),
+        "mean_rejected": _mean(pairs["rejected_score"]),
+        "mean_gap": _mean(pairs["gap"]),
+        "chosen_from": _counts(pairs["chosen_pool"]),
+        "rejected_from": _counts(pairs["rejected_pool"]),
+    }
+    store.write_version(
+        version=version, stage=STAGE, code_version=CODE_VERSION, table="pairs",
+        data=table.to_arrow(),
+        partition={"method": method, "iteration": str(iteration), "phase": phase},
+        config=config, parents=parents, snapshot_id=judge_id, stats=stats,
+    )
+    return version
+
+
+def _mean(column: pl.Series) -> float | None:
+    return None if column.is_empty() else round(float(column.mean()), 6)  # type: ignore[arg-type]
+
+
+def _counts(column: pl.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in column.value_counts().iter_rows()}

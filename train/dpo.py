@@ -1,0 +1,252 @@
+"""The thin DPO trainer: one pair version in, one new snapshot out, with its lineage.
+
+`train_dpo(store, pair_version, start_snapshot, cfg)` trains TRL's DPOTrainer from `start_snapshot` (which is also
+the frozen reference), saves the result as safetensors in the store, and records a training run. The run id hashes
+the pair version, the start snapshot and the result-changing config, so training the same thing twice is a no-op.
+
+On several GPUs the same entry point runs under accelerate (DeepSpeed ZeRO-3, as in the paper):
+
+    accelerate launch --config_file train/accelerate/zero3.yaml -m train.dpo --data tsr-data --pairs VERSION
+
+torch, transformers and trl are imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from builder.config import TrainConfig, load_profile, result_fields
+from builder.errors import TsrError
+from builder.faults import crash_point
+from builder.fingerprint import canonical_json, stage_fingerprint
+from builder.snapshot import (
+    Snapshot,
+    adopt_folder,
+    get_snapshot,
+    list_snapshots,
+    register,
+    staging_folder,
+)
+from builder.store import Store, now_utc
+from schemas.tables import RUNS
+
+STAGE = "train.dpo"
+CODE_VERSION = 1
+RUN_FILE = "tsr_training.json"  # written into the model folder, so a snapshot carries the run that made it
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    snapshot: Snapshot
+    run_id: str
+    metrics: dict
+    trained: bool  # False when the run existed already (or there was nothing to train on)
+
+
+def run_id_for(pair_version: str, start_snapshot_id: str, cfg: TrainConfig) -> str:
+    return stage_fingerprint(STAGE, CODE_VERSION, result_fields(cfg), [pair_version], start_snapshot_id)
+
+
+def find_run(store: Store, run_id: str) -> dict | None:
+    runs = store.read("runs")
+    matches = [row for row in runs.to_pylist() if row["run_id"] == run_id]
+    return matches[0] if matches else None
+
+
+def train_dpo(
+    store: Store,
+    pair_version: str,
+    start: Snapshot,
+    cfg: TrainConfig,
+    *,
+    role: str = "iteration",
+    name: str | None = None,
+    temporary: bool = False,
+) -> TrainResult:
+    """Train `start` on a pair version with DPO (reference = `start`), register the result, return it."""
+    run_id = run_id_for(pair_version, start.snapshot_id, cfg)
+    run = find_run(store, run_id)
+    if run is not None:
+        return TrainResult(get_snapshot(store, run["output_snapshot_id"]), run_id,
+                           json.loads(run["metrics_json"]), trained=False)
+    # A kill between registering the snapshot and recording the run: the snapshot names its run.
+    done = [s for s in list_snapshots(store) if s.run_id == run_id]
+    if done:
+        record = json.loads((Path(done[0].folder(store)) / RUN_FILE).read_text("utf-8"))
+        _record_run(store, run_id, pair_version, start, done[0], cfg, record["metrics"], record["seconds"])
+        return TrainResult(done[0], run_id, record["metrics"], trained=False)
+
+    from train.data import load_pairs
+
+    dataset = load_pairs(store, pair_version)
+    started = time.monotonic()
+    if len(dataset) == 0:
+        # Nothing to learn from: the model stays what it was. Recorded, so the loop's lineage stays complete.
+        metrics = {"skipped": "no pairs", "pairs": 0}
+        _record_run(store, run_id, pair_version, start, start, cfg, metrics, 0.0)
+        return TrainResult(start, run_id, metrics, trained=False)
+
+    staged = staging_folder(store)
+    metrics = _fit(start.folder(store), dataset, cfg, staged)
+    seconds = round(time.monotonic() - started, 3)
+    (staged / RUN_FILE).write_text(
+        json.dumps({"run_id": run_id, "pair_version": pair_version, "start_snapshot_id": start.snapshot_id,
+                    "config": result_fields(cfg), "metrics": metrics, "seconds": seconds}, indent=2, sort_keys=True),
+        "utf-8",
+    )
+    snapshot_id = adopt_folder(store, staged)
+    snapshot = register(store, Snapshot(
+        snapshot_id, name or f"{start.name}+dpo", role, path=f"snapshots/{snapshot_id}",
+        parent_snapshot_id=start.snapshot_id, pair_version=pair_version, run_id=run_id, temporary=temporary,
+    ))
+    crash_point("train.before-run-record")
+    _record_run(store, run_id, pair_version, start, snapshot, cfg, metrics, seconds)
+    return TrainResult(snapshot, run_id, metrics, trained=True)
+
+
+def _record_run(store: Store, run_id: str, pair_version: str, start: Snapshot, output: Snapshot,
+                cfg: TrainConfig, metrics: dict, seconds: float) -> None:
+    row = {
+        "run_id": run_id, "kind": "dpo", "data_versions": [pair_version], "start_snapshot_id": start.snapshot_id,
+        "ref_snapshot_id": start.snapshot_id, "output_snapshot_id": output.snapshot_id,
+        "config_json": canonical_json(result_fields(cfg)), "metrics_json": canonical_json(metrics),
+        "seconds": float(seconds), "created_at": now_utc(),
+    }
+    store.write_version(
+        version=run_id, stage=STAGE, code_version=CODE_VERSION, table="runs",
+        data=pa.Table.from_pylist([row], schema=RUNS), config=result_fields(cfg),
+        parents=[pair_version], snapshot_id=output.snapshot_id, stats=metrics,
+    )
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    """bf16 where it trains: CUDA with bf16 support ("auto"), or wherever the user insists ("true")."""
+    import torch
+
+    if cfg.bf16 == "auto":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cfg.bf16 == "true"
+
+
+def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
+    """Run TRL's DPOTrainer and save the trained model (LoRA merged) to `output`. Returns the final metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from builder.progress import quiet_libraries
+
+    quiet_libraries()
+    bf16 = use_bf16(cfg)
+    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    accumulation = max(1, math.ceil(cfg.global_batch / (cfg.per_device_batch * world)))
+    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio); 4.x has both.
+    fields = {f.name for f in dataclasses.fields(DPOConfig)}
+    warmup = {"warmup_ratio": cfg.warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": cfg.warmup_ratio}
+    args = DPOConfig(
+        output_dir=str(output / "_trainer"),
+        **warmup,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=accumulation,
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_length=cfg.max_length,
+        bf16=bf16,  # TRL defaults to bf16=True, which fails on CPUs
+        seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    peft_config = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    # Passing the folder (not a model object) makes TRL load the frozen reference from the same weights.
+    trainer = DPOTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    result = trainer.train()
+    model = trainer.model
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    # Snapshots keep the start model's storage dtype (bf16 for the embedded default), whatever trained them.
+    saved_dtype = AutoModelForCausalLM.from_pretrained(model_folder, dtype="auto").dtype
+    model = model.to(saved_dtype)
+    model.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    _remove_tree(output / "_trainer")
+    return _final_metrics(trainer.state.log_history, result.training_loss, len(dataset))
+
+
+def _final_metrics(history: list[dict], training_loss: float, pairs: int) -> dict:
+    steps = [h for h in history if "loss" in h]
+    last = steps[-1] if steps else {}
+    return {
+        "pairs": pairs,
+        "steps": len(steps),
+        "train_loss": round(float(training_loss), 6),
+        "loss": _maybe(last.get("loss")),
+        "rewards/margins": _maybe(last.get("rewards/margins")),
+        "rewards/accuracies": _maybe(last.get("rewards/accuracies")),
+        "mean_rewards/margins": _maybe(_mean([h.get("rewards/margins") for h in steps])),
+        "mean_rewards/accuracies": _maybe(_mean([h.get("rewards/accuracies") for h in steps])),
+    }
+
+
+def _mean(values: list) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _maybe(value) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m train.dpo", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="data root (default $TSR_HOME or ./tsr-data)")
+    parser.add_argument("--pairs", required=True, help="pair version (id or unique prefix)")
+    parser.add_argument("--profile", default="cpu-demo", help="profile name or YAML path")
+    parser.add_argument("--start", default=None, help="start snapshot (default: the policy the pairs name)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    args = make_parser().parse_args(argv)
+    store = Store.open(args.data)
+    cfg = load_profile(args.profile).train
+    manifest = store.find_version(args.pairs)
+    start_id = args.start or manifest.config.get("policy")
+    if start_id is None:
+        raise TsrError(f"pair version {manifest.version} names no policy snapshot; pass --start")
+    start = get_snapshot(store, start_id)
+    with store.writing():
+        result = train_dpo(store, manifest.version, start, cfg)
+    print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, **result.metrics}))
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
