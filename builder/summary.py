@@ -17,7 +17,9 @@ def loop_summary(store: Store, loop: Loop, result: IterationResult, seconds: flo
             lines.append(
                 f"  iter {n} {phase:<3} {version}: {stats['kept']} pairs kept of {stats['prompts']} prompts, "
                 f"{stats.get('tie', 0)} ties dropped, {stats.get('no_scored_current', 0)} without a scored sample, "
-                f"{stats['unparsable']} unparsable of {stats['samples']} judgments; mean chosen "
+                f"{stats['unparsable']} unscored of {stats['samples']} judgments "
+                f"({stats.get('parse_errors', 0)} without a parsable `Score: N`, scored by "
+                f"{_by(stats.get('scored_by', {}))}); mean chosen "
                 f"{_fmt(stats['mean_chosen'])}, mean rejected {_fmt(stats['mean_rejected'])}, "
                 f"gap {_fmt(stats['mean_gap'])}"
             )
@@ -27,6 +29,10 @@ def loop_summary(store: Store, loop: Loop, result: IterationResult, seconds: flo
     timing = ", ".join(f"{name} {value:.1f}s" for name, value in sorted(loop.seconds.items()))
     lines.append(f"  time: {timing or 'nothing to compute'}; total {seconds:.1f}s")
     return "\n".join(lines)
+
+
+def _by(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "-"
 
 
 def _fmt(value: float | None) -> str:

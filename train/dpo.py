@@ -139,7 +139,7 @@ def use_bf16(cfg: TrainConfig) -> bool:
 def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
     """Run TRL's DPOTrainer and save the trained model (LoRA merged) to `output`. Returns the final metrics."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     from builder.progress import quiet_libraries
@@ -181,6 +181,7 @@ def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
     # Passing the folder (not a model object) makes TRL load the frozen reference from the same weights.
     trainer = DPOTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)  # metrics go to the run record, not one dict per step on stdout
     result = trainer.train()
     model = trainer.model
     if peft_config is not None:

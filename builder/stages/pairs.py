@@ -35,7 +35,9 @@ def scored_frame(store: Store, pools: list[Pool]) -> pl.DataFrame:
             "pool": [pool.name for pool in pools for _ in pool.judgment_ids],
         }
     )
-    judgments = pl.from_arrow(store.read("judgments").select(["judgment_id", "generation_id", "score"]))
+    judgments = pl.from_arrow(
+        store.read("judgments").select(["judgment_id", "generation_id", "score", "scored_by", "parse_error"])
+    )
     generations = pl.from_arrow(
         store.read("generations").select(["generation_id", "prompt_id", "sample_index", "snapshot_id"])
     )
@@ -44,9 +46,10 @@ def scored_frame(store: Store, pools: list[Pool]) -> pl.DataFrame:
     missing = frame.filter(pl.col("generation_id").is_null() | pl.col("prompt_id").is_null()).height
     if missing:
         raise RuntimeError(f"{missing} judgments or generations of the pools are not in the store")
+    # scored_by and parse_error ride along for the stats; the pair rules read only their declared columns.
     return frame.select(
         "prompt_id", "pool", pl.col("sample_index").cast(pl.Int32), "generation_id", "snapshot_id",
-        pl.col("score").cast(pl.Float64),
+        pl.col("score").cast(pl.Float64), "scored_by", "parse_error",
     )
 
 
@@ -87,6 +90,9 @@ def materialize(
         "prompts": scored["prompt_id"].n_unique(),
         "samples": scored.height,
         "unparsable": int(scores.is_null().sum()),
+        # Recorded, not hidden: how many judge replies had no parsable `Score: N` (forced mode may have scored them).
+        "parse_errors": int(scored["parse_error"].is_not_null().sum()),
+        "scored_by": _counts(scored["scored_by"].fill_null("none")),
         "mean_chosen": _mean(pairs["chosen_score"]),
         "mean_rejected": _mean(pairs["rejected_score"]),
         "mean_gap": _mean(pairs["gap"]),
