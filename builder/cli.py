@@ -386,5 +386,49 @@ def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_se
     click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  {metrics}")
 
 
+# ---- sharing on the Hub -------------------------------------------------------------------------------------------
+
+
+def _split_values(values: tuple[str, ...]) -> list[str]:
+    """`--pairs a --pairs b` and `--pairs a,b` both work."""
+    return [v for value in values for v in value.split(",") if v]
+
+
+@cli.command(name="push")
+@click.argument("repo_id")
+@click.option("--pairs", "pair_refs", multiple=True, help="Pair version (id or prefix); repeat or comma-separate.")
+@click.option("--tables", multiple=True, help="Tables to push (prompts, generations, judgments, pairs, snapshots, "
+              "runs); repeat or comma-separate. Default, with no --pairs either: everything.")
+@click.option("--private", is_flag=True, help="Create the dataset repo private.")
+@click.pass_context
+def push_command(ctx, repo_id, pair_refs, tables, private) -> None:
+    """Push versions (with their lineage), a dataset card and tags to a Hub dataset repo, in one commit."""
+    from builder.hub import push
+
+    result = push(_store(ctx), repo_id, pairs=_split_values(pair_refs), tables=_split_values(tables),
+                  private=private)
+    if result.commit:
+        click.echo(f"pushed {len(result.pushed)} version(s) to {repo_id} in commit {result.commit[:12]} "
+                   f"({result.present} already there)")
+    else:
+        click.echo(f"{repo_id} has all {result.present} version(s) already (at {result.head[:12]}): no new commit")
+    for version, config in result.configs.items():
+        click.echo(f"  {config:<28} pair version {version}")
+    if result.tags_created:
+        click.echo(f"tagged: {', '.join(result.tags_created)}")
+
+
+@cli.command(name="pull")
+@click.argument("ref", metavar="REPO_ID[@REVISION]")
+@click.pass_context
+def pull_command(ctx, ref) -> None:
+    """Restore the versions pushed to a Hub dataset repo into the store, checked against their manifests."""
+    from builder.hub import pull
+
+    result = pull(ctx.obj["data"], ref)
+    click.echo(f"pulled {ref} (commit {result.commit[:12]}): {len(result.restored)} version(s) restored, "
+               f"{result.present} already present")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli(obj={})
