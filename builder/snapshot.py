@@ -10,7 +10,9 @@ snapshots table; a folder that was renamed in but never registered is an orphan 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import uuid
@@ -189,11 +191,13 @@ def add_default(store: Store) -> Snapshot:
 
     quiet_libraries()
     folder, gguf_file = default_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    # Without dequantize=True the model stays marked quantized and can be neither saved nor trained.
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16
-    )
+    # transformers' GGUF reader draws a plain tqdm bar per tensor on stderr; errors still raise.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        # Without dequantize=True the model stays marked quantized and can be neither saved nor trained.
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16
+        )
     staged = staging_folder(store)
     model.save_pretrained(staged, safe_serialization=True)
     tokenizer.save_pretrained(staged)

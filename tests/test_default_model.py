@@ -19,9 +19,9 @@ loop: {chunks: 5, prompts_per_iteration: 4}
 def test_default_model_generates_and_judges_4_prompts_x_2_samples(tsr, tmp_path, data_root):
     profile = tmp_path / "ci.yaml"
     profile.write_text(PROFILE)
-    added = tsr("models", "add", "--default").output
-    assert "SmolLM2-135M-Instruct  (m0)" in added
-    assert tsr("models", "add", "--default").output == added  # converted once, then reused
+    added = tsr("models", "add", "--default").output.strip().splitlines()[-1]
+    assert added.startswith("snapshot ") and added.endswith("SmolLM2-135M-Instruct  (m0)")
+    assert tsr("models", "add", "--default").output.strip() == added  # converted once, then reused
 
     store = Store.open(data_root)
     (snapshot,) = store.read("snapshots").to_pylist()
