@@ -430,5 +430,137 @@ def pull_command(ctx, ref) -> None:
                f"{result.present} already present")
 
 
+# ---- stats, plots and the report ----------------------------------------------------------------------------------
+
+
+def diagnostics_options(function):
+    for option in reversed([
+        click.option("--snapshot", "snapshot_ref", help="Similarity: cosine of chosen vs rejected mean last-layer "
+                     "hidden states under this snapshot (computed once, cached in the store)."),
+        click.option("--text", "text_kind", type=click.Choice(["response", "chat"]), default="response",
+                     show_default=True, help="What --snapshot encodes: the response alone, or prompt + response "
+                     "through the chat template."),
+        click.option("--judge", "judge_ref", help="Rescore every chosen and rejected response with this fixed judge, "
+                     "so methods compare on one scale (judgments are stored and reused)."),
+        click.option("--profile", default="cpu-demo", show_default=True,
+                     help="Settings profile of the rescoring judge (its judge section)."),
+        click.option("--batch-size", type=int, default=16, show_default=True,
+                     help="Texts per forward pass for --snapshot (throughput only)."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_ref, profile, batch_size):
+    from builder import stats
+
+    return stats.prepare(_store(ctx), method=method, iteration=iteration, snapshot_ref=snapshot_ref,
+                         text_kind=text_kind, judge_ref=judge_ref, profile=profile, batch_size=batch_size)
+
+
+@cli.command(name="stats")
+@click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), help="Only this method.")
+@click.option("--iter", "iteration", type=int, help="Only iteration N.")
+@click.option("--diagnostics", is_flag=True, help="The vanishing-gap diagnostics (score gap, and with --judge / "
+              "--snapshot the rescored gap and the chosen/rejected similarity) instead of the pair statistics.")
+@diagnostics_options
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table",
+              show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write to FILE instead of stdout.")
+@click.pass_context
+def stats_command(ctx, method, iteration, diagnostics, snapshot_ref, text_kind, judge_ref, profile, batch_size, fmt,
+                  out) -> None:
+    """Pair statistics per method, iteration and phase (SQL: tsr sql --query pair_stats)."""
+    from builder import stats
+
+    store = _store(ctx)
+    if diagnostics or snapshot_ref or judge_ref:
+        prepared = _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_ref, profile,
+                                         batch_size)
+        table = stats.diagnostics(store, method=method, iteration=iteration, snapshot_id=prepared.snapshot_id,
+                                  text_kind=text_kind, judge=prepared.judge)
+        rendered = stats.render(table, fmt, kind="diagnostics")
+    else:
+        rendered = stats.render(stats.pair_stats(store, method=method, iteration=iteration), fmt)
+    text = stats.write_output(rendered, out)
+    if text is not None:
+        sys.stdout.write(text)
+
+
+@cli.command(name="plot")
+@click.option("--out", type=click.Path(path_type=Path), default="tsr-plots", show_default=True,
+              help="Folder for the PNGs.")
+@click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), help="Only this method.")
+@diagnostics_options
+@click.pass_context
+def plot_command(ctx, out, method, snapshot_ref, text_kind, judge_ref, profile, batch_size) -> None:
+    """Write PNGs: gap and similarity per iteration (methods side by side), chosen/rejected score histograms."""
+    from builder import plots
+
+    prepared = _prepare_diagnostics(ctx, method, None, snapshot_ref, text_kind, judge_ref, profile, batch_size)
+    written = plots.write_plots(_store(ctx), out, method=method, snapshot_id=prepared.snapshot_id,
+                                text_kind=text_kind, judge=prepared.judge)
+    for plot in written:
+        click.echo(str(plot.path))
+
+
+@cli.command(name="report")
+@click.option("--out", type=click.Path(path_type=Path), default="tsr-report.html", show_default=True)
+@diagnostics_options
+@click.pass_context
+def report_command(ctx, out, snapshot_ref, text_kind, judge_ref, profile, batch_size) -> None:
+    """Write one self-contained HTML file: versions, lineage graph, pair statistics, diagnostics and plots."""
+    from builder.report import write_report
+
+    prepared = _prepare_diagnostics(ctx, None, None, snapshot_ref, text_kind, judge_ref, profile, batch_size)
+    path = write_report(_store(ctx), out, snapshot_id=prepared.snapshot_id, text_kind=text_kind,
+                        judge=prepared.judge)
+    click.echo(str(path))
+
+
+# ---- sharing on the Hub -------------------------------------------------------------------------------------------
+
+
+def _split_values(values: tuple[str, ...]) -> list[str]:
+    """`--pairs a --pairs b` and `--pairs a,b` both work."""
+    return [v for value in values for v in value.split(",") if v]
+
+
+@cli.command(name="push")
+@click.argument("repo_id")
+@click.option("--pairs", "pair_refs", multiple=True, help="Pair version (id or prefix); repeat or comma-separate.")
+@click.option("--tables", multiple=True, help="Tables to push (prompts, generations, judgments, pairs, snapshots, "
+              "runs); repeat or comma-separate. Default, with no --pairs either: everything.")
+@click.option("--private", is_flag=True, help="Create the dataset repo private.")
+@click.pass_context
+def push_command(ctx, repo_id, pair_refs, tables, private) -> None:
+    """Push versions (with their lineage), a dataset card and tags to a Hub dataset repo, in one commit."""
+    from builder.hub import push
+
+    result = push(_store(ctx), repo_id, pairs=_split_values(pair_refs), tables=_split_values(tables),
+                  private=private)
+    if result.commit:
+        click.echo(f"pushed {len(result.pushed)} version(s) to {repo_id} in commit {result.commit[:12]} "
+                   f"({result.present} already there)")
+    else:
+        click.echo(f"{repo_id} has all {result.present} version(s) already (at {result.head[:12]}): no new commit")
+    for version, config in result.configs.items():
+        click.echo(f"  {config:<28} pair version {version}")
+    if result.tags_created:
+        click.echo(f"tagged: {', '.join(result.tags_created)}")
+
+
+@cli.command(name="pull")
+@click.argument("ref", metavar="REPO_ID[@REVISION]")
+@click.pass_context
+def pull_command(ctx, ref) -> None:
+    """Restore the versions pushed to a Hub dataset repo into the store, checked against their manifests."""
+    from builder.hub import pull
+
+    result = pull(ctx.obj["data"], ref)
+    click.echo(f"pulled {ref} (commit {result.commit[:12]}): {len(result.restored)} version(s) restored, "
+               f"{result.present} already present")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     cli(obj={})

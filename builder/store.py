@@ -56,6 +56,7 @@ TABLE_DIRS = {
     "pairs": "pairs",
     "snapshots": "tables/snapshots",
     "runs": "tables/runs",
+    "embeddings": "embeddings",
 }
 
 

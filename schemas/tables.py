@@ -124,6 +124,20 @@ RUNS = pa.schema(
     ]
 )
 
+# Mean last-layer hidden states of generations under one snapshot, cached for the chosen/rejected similarity
+# diagnostic (builder/stats.py). Added in schema version 1 without changing any other table.
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("embedding_id", pa.string(), nullable=False),  # hash of (generation, snapshot, text_kind)
+        pa.field("generation_id", pa.string(), nullable=False),
+        pa.field("snapshot_id", pa.string(), nullable=False),  # the model whose hidden states these are
+        pa.field("text_kind", pa.string(), nullable=False),  # response (the text alone) | chat (prompt + response)
+        pa.field("mean_hidden", pa.list_(pa.float32()), nullable=False),  # mean over the tokens (empty text: zeros)
+        pa.field("version", pa.string(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
 # A manifest is one JSON file per materialized version; this schema is what `versions` shows in DuckDB.
 MANIFEST = pa.schema(
     [
@@ -164,6 +178,7 @@ TABLES: dict[str, pa.Schema] = {
     "pairs": PAIRS,
     "snapshots": SNAPSHOTS,
     "runs": RUNS,
+    "embeddings": EMBEDDINGS,
 }
 
 PARTITIONS: dict[str, tuple[str, ...]] = {
@@ -173,4 +188,5 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "pairs": ("method", "iteration", "phase"),
     "snapshots": (),
     "runs": (),
+    "embeddings": ("snapshot",),
 }

@@ -1,0 +1,175 @@
+"""PNG plots of the pair statistics (matplotlib, Agg backend): the two vanishing-gap diagnostics and score histograms.
+
+    gap.png         mean chosen-minus-rejected gap of the final pairs per iteration, methods side by side
+                    (rescored by one fixed judge when one is given, so SR and TSR share a scale)
+    similarity.png  mean cosine of chosen vs rejected hidden states per iteration, methods side by side
+                    (only with an embedding snapshot)
+    scores.png      histograms of chosen and rejected scores, one panel per method (rows) and iteration (columns)
+
+Every plotted number comes from the named queries (builder/stats.py). Sizes are fixed (pixels = inches * DPI), so
+a card or report can lay them out: BAR_SIZE for the bar charts, PANEL_SIZE per histogram panel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from builder import stats
+from builder.errors import TsrError
+from builder.store import Store
+
+DPI = 100
+BAR_SIZE = (8.0, 4.5)  # inches: 800 x 450 pixels
+PANEL_SIZE = (4.0, 3.0)  # inches per histogram panel: 400 x 300 pixels
+COLORS = {"sr": "#d62728", "tsr-past": "#ff7f0e", "tsr": "#1f77b4", "chosen": "#2ca02c", "rejected": "#7f7f7f"}
+LABELS = {"sr": "SR", "tsr-past": "TSR w/o future", "tsr": "TSR"}
+_INSTALL = "pip install 'temporal-sr[plots]'"
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file stem: gap, similarity, scores
+    path: Path
+    title: str
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise TsrError(f"plots need matplotlib: {_INSTALL}") from None
+    matplotlib.use("Agg", force=True)  # files only, never a window; works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _methods(frame: pl.DataFrame) -> list[str]:
+    present = set(frame["method"].to_list()) if not frame.is_empty() else set()
+    return [m for m in stats.METHODS if m in present] + sorted(present - set(stats.METHODS))
+
+
+def bar_chart(frame: pl.DataFrame, value: str, path: Path, *, title: str, ylabel: str) -> Path:
+    """Grouped bars: x = iteration, one bar per method side by side, each labelled with its value."""
+    plt = _pyplot()
+    rows = frame.filter(pl.col(value).is_not_null())
+    methods = _methods(rows)
+    iterations = sorted(set(rows["iteration"].to_list())) if not rows.is_empty() else []
+    fig, ax = plt.subplots(figsize=BAR_SIZE, dpi=DPI)
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        values = dict(rows.filter(pl.col("method") == method).select("iteration", value).iter_rows())
+        xs = [n + (i - (len(methods) - 1) / 2) * width for n in iterations if n in values]
+        ys = [values[n] for n in iterations if n in values]
+        bars = ax.bar(xs, ys, width=width * 0.95, color=COLORS.get(method), label=LABELS.get(method, method))
+        ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
+    ax.set_xticks(iterations, [str(n) for n in iterations])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.margins(y=0.15)
+    if methods:
+        ax.legend(frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def score_histograms(histogram: pl.DataFrame, path: Path, *, methods: list[str] | None = None,
+                     iterations: list[int] | None = None) -> Path:
+    """One panel per method (rows) and iteration (columns): chosen and rejected score counts.
+
+    `methods` and `iterations` default to those in `histogram`; pass them to keep a panel ("no pairs") for an
+    iteration that kept none. The score axis is shared and spans at least the rubric's 0..5.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    methods = methods or _methods(histogram)
+    iterations = iterations or (sorted(set(histogram["iteration"].to_list())) if not histogram.is_empty() else [1])
+    rows, cols = max(1, len(methods)), max(1, len(iterations))
+    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows), dpi=DPI,
+                             squeeze=False)
+    width = 0.25  # the bin width of score_histogram.sql
+    bins = histogram["bin_start"].to_list() if not histogram.is_empty() else []
+    low, high = min([0.0, *bins]), max([5.0, *bins]) + width
+    for r, method in enumerate(methods or [""]):
+        for c, n in enumerate(iterations):
+            ax = axes[r][c]
+            panel = histogram.filter((pl.col("method") == method) & (pl.col("iteration") == n))
+            if panel.is_empty():
+                ax.text(0.5, 0.5, "no pairs", transform=ax.transAxes, ha="center", va="center")
+            for offset, side in ((0.0, "chosen"), (width / 2, "rejected")):
+                part = panel.filter(pl.col("side") == side)
+                if not part.is_empty():
+                    ax.bar([b + offset for b in part["bin_start"].to_list()], part["pairs"].to_list(),
+                           width=width / 2, align="edge", color=COLORS[side], label=side)
+            phase = panel["phase"][0] if not panel.is_empty() else ""
+            ax.set_title(f"{LABELS.get(method, method)}, iteration {n} {phase}".strip(), fontsize=10)
+            ax.set_xlim(low - width, high + width)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("score", fontsize=8)
+            ax.set_ylabel("pairs", fontsize=8)
+            ax.tick_params(labelsize=8)
+            if not panel.is_empty():
+                ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def write_plots(
+    store: Store,
+    out_dir: Path,
+    *,
+    method: str | None = None,
+    snapshot_id: str | None = None,
+    text_kind: str = "response",
+    judge: stats.JudgeKey | None = None,
+) -> list[Plot]:
+    """Write gap.png, similarity.png (with an embedding snapshot) and scores.png into `out_dir`."""
+    _pyplot()  # fail early, before any query, when matplotlib is missing
+    table = stats.diagnostics(store, method=method, snapshot_id=snapshot_id, text_kind=text_kind, judge=judge)
+    final = stats.final_rows(table)
+    if final.is_empty():
+        raise TsrError(f"no pairs in {store.root}{f' for method {method}' if method else ''}: nothing to plot")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    if judge is not None:
+        title = f"Chosen - rejected score gap, rescored by judge {judge.judge_id[:10]}"
+        value = "rescored_gap"
+    else:
+        title = "Chosen - rejected score gap (each method's own judge)"
+        value = "mean_gap"
+    plots.append(Plot("gap", bar_chart(final, value, out_dir / "gap.png", title=title, ylabel="mean score gap"),
+                      title))
+    if snapshot_id is not None:
+        title = f"Chosen / rejected similarity (cosine of mean hidden states, {text_kind}, {snapshot_id[:10]})"
+        plots.append(Plot("similarity", bar_chart(final, "similarity", out_dir / "similarity.png", title=title,
+                                                  ylabel="mean cosine similarity"), title))
+    histogram = pl.from_arrow(stats.query(store, "score_histogram", method=method))
+    assert isinstance(histogram, pl.DataFrame)
+    # the final phase's latest pair version per method and iteration, as in the bar charts
+    histogram = histogram.join(final.select("pair_version"), on="pair_version", how="semi")
+    title = "Chosen and rejected scores of the final pairs"
+    path = score_histograms(histogram, out_dir / "scores.png", methods=_methods(final),
+                            iterations=sorted(set(final["iteration"].to_list())))
+    plots.append(Plot("scores", path, title))
+    return plots
+
+
+def card_markdown(plots: list[Plot], prefix: str = "plots/") -> str:
+    """A dataset-card section that shows the plots; `prefix` is their folder relative to the card (README.md)."""
+    lines = ["## Pair statistics", ""]
+    for plot in plots:
+        lines += [f"![{plot.title}]({prefix}{plot.path.name})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,485 @@
+"""Pair statistics and the paper's two vanishing-gap diagnostics, all as SQL over the store.
+
+Every figure comes from a named query in builder/queries (users read and run the same text with
+`tsr sql --query NAME`); this module only filters those queries by method and iteration, joins the diagnostics
+together, renders tables, and computes the two inputs a query cannot: hidden-state means (cached in the
+`embeddings` table) and rescored judgments by a fixed judge (ordinary judgments, through the judge stage).
+
+    pair_stats       prompts, kept, ties, unparsable, scores, gap, pools, lengths: per pair version
+    gap_diagnostics  mean gap per method, iteration and phase (final = the phase that trains M_{i+1})
+    rescored_gap     the gap under every judge that scored both sides of the pairs
+    pair_similarity  mean cosine of chosen vs rejected mean last-layer hidden states, per embedding snapshot
+    score_histogram  chosen and rejected score histograms
+
+Similarity, the choice made here: by default each response is encoded alone (`text_kind="response"`), so the cosine
+compares the two answers; with `chat`, prompt + response go through the chat template, and the shared prompt
+prefix (identical hidden states under a causal model) pulls every cosine toward 1. Either way the mean is over all
+tokens of what was encoded, under one snapshot the user picks (e.g. M0 for every iteration, so iterations compare).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from builder.errors import TsrError
+from builder.faults import crash_point
+from builder.fingerprint import content_hash, stage_fingerprint
+from builder.store import Store, now_utc
+from schemas.tables import EMBEDDINGS
+
+METHODS = ("sr", "tsr-past", "tsr")  # display order: baseline first
+FINAL_PHASE = {"sr": "sr", "tsr-past": "d1", "tsr": "d2"}  # the pairs that train M_{i+1}
+TEXT_KINDS = ("response", "chat")
+FORMATS = ("table", "csv", "json", "markdown")
+
+EMBED_STAGE = "embed"
+EMBED_CODE_VERSION = 1
+
+# The tables each query reads; only their files are checksummed before a query runs.
+_READS = {
+    "pair_stats": ["pairs", "generations"],
+    "gap_diagnostics": ["pairs"],
+    "rescored_gap": ["pairs", "judgments"],
+    "pair_similarity": ["pairs", "embeddings"],
+    "score_histogram": ["pairs"],
+}
+
+
+@dataclass(frozen=True)
+class JudgeKey:
+    """The settings that identify one judge's scores in the judgments table (see rescored_gap.sql)."""
+
+    judge_id: str
+    template_hash: str
+    mode: str
+    judge_samples: int
+    temperature: float
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    version: str
+    computed: int
+    reused: int
+
+
+# ---- queries ----------------------------------------------------------------------------------------------------
+
+
+def run_sql(store: Store, sql: str, params: dict[str, Any] | None = None, *, reads: Sequence[str] = ()) -> pa.Table:
+    """Run `sql` over the store's views, checksumming only the files of the tables it reads."""
+    import duckdb
+
+    from builder.sql import connect
+
+    store.verify(tables=list(reads))
+    con = connect(store, verify=False)
+    try:
+        relation = con.sql(sql, params=params or None)
+        # duckdb 2 renamed fetch_arrow_table to to_arrow_table; support both (as builder/sql.py does).
+        fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
+        return fetch()
+    except duckdb.Error as exc:
+        raise TsrError(f"SQL error: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def named_sql(name: str) -> str:
+    """The text of a named query (builder/queries/NAME.sql)."""
+    from builder.sql import named_query
+
+    return named_query(name)
+
+
+def _named(name: str) -> str:
+    # A named query is one statement; the newline ends its trailing `-- comment`, if any, inside a subquery.
+    return "(\n" + named_sql(name).strip().rstrip(";") + "\n)"
+
+
+def _filters(method: str | None, iteration: int | None, prefix: str = "") -> tuple[str, dict[str, Any]]:
+    clauses, params = ["true"], {}
+    if method is not None:
+        clauses.append(f"{prefix}method = $method")
+        params["method"] = method
+    if iteration is not None:
+        clauses.append(f"{prefix}iteration = $iteration")
+        params["iteration"] = iteration
+    return " and ".join(clauses), params
+
+
+# The row order of each query's output (the same as the query's own ORDER BY, which a wrapping filter may lose).
+_ORDER = {
+    "pair_stats": "method, iteration, phase, created_at, pair_version",
+    "gap_diagnostics": "method, iteration, phase, created_at, pair_version",
+    "rescored_gap": "method, iteration, phase, created_at, pair_version, rescoring_judge_id",
+    "pair_similarity": "method, iteration, phase, created_at, pair_version, embedding_snapshot_id, text_kind",
+    "score_histogram": "method, iteration, phase, created_at, pair_version, side, bin_start",
+}
+
+
+def query(store: Store, name: str, *, method: str | None = None, iteration: int | None = None) -> pa.Table:
+    """One of the stats' named queries, optionally only the rows of one method and/or iteration."""
+    where, params = _filters(method, iteration)
+    sql = f"select * from {_named(name)} where {where} order by {_ORDER[name]}"
+    return run_sql(store, sql, params, reads=_READS[name])
+
+
+def pair_stats(store: Store, *, method: str | None = None, iteration: int | None = None) -> pa.Table:
+    """`pair_stats.sql`: one row per pair version."""
+    return query(store, "pair_stats", method=method, iteration=iteration)
+
+
+def diagnostics(
+    store: Store,
+    *,
+    method: str | None = None,
+    iteration: int | None = None,
+    snapshot_id: str | None = None,
+    text_kind: str = "response",
+    judge: JudgeKey | None = None,
+) -> pa.Table:
+    """The gap (and, when asked for, the rescored gap and the similarity) per method, iteration and phase.
+
+    Columns: method, iteration, phase, final, pairs, mean_gap, [rescored_pairs, rescored_gap,
+    rescored_chosen, rescored_rejected], [embedded_pairs, similarity], pair_version, judge_id, created_at.
+    """
+    where, params = _filters(method, iteration, "g.")
+    columns = ["g.method", "g.iteration", "g.phase", "g.final", "g.pairs", "g.mean_gap"]
+    joins = []
+    reads = {"pairs"}
+    if judge is not None:
+        columns += ["r.rescored_pairs", "r.mean_rescored_gap as rescored_gap",
+                    "r.mean_rescored_chosen as rescored_chosen", "r.mean_rescored_rejected as rescored_rejected"]
+        joins.append(
+            f"left join (select * from {_named('rescored_gap')} where rescoring_judge_id = $judge_id "
+            "and template_hash = $template_hash and mode = $mode and judge_samples = $judge_samples "
+            "and temperature = $temperature and max_new_tokens = $max_new_tokens) r using (pair_version)"
+        )
+        params.update(judge_id=judge.judge_id, template_hash=judge.template_hash, mode=judge.mode,
+                      judge_samples=judge.judge_samples, temperature=judge.temperature,
+                      max_new_tokens=judge.max_new_tokens)
+        reads.add("judgments")
+    if snapshot_id is not None:
+        _check_text_kind(text_kind)
+        columns += ["coalesce(s.embedded_pairs, 0) as embedded_pairs", "s.mean_similarity as similarity"]
+        joins.append(
+            f"left join (select * from {_named('pair_similarity')} where embedding_snapshot_id = $snapshot_id "
+            "and text_kind = $text_kind) s using (pair_version)"
+        )
+        params.update(snapshot_id=snapshot_id, text_kind=text_kind)
+        reads.add("embeddings")
+    columns += ["g.pair_version", "g.judge_id", "g.created_at"]
+    sql = (f"select {', '.join(columns)} from {_named('gap_diagnostics')} g {' '.join(joins)} where {where} "
+           "order by g.method, g.iteration, g.phase, g.created_at, g.pair_version")
+    return run_sql(store, sql, params, reads=sorted(reads))
+
+
+def final_rows(table: pa.Table) -> pl.DataFrame:
+    """The final-phase rows of a diagnostics table, one per method and iteration (the latest pair version wins
+    where a data root holds several, e.g. built with different judges)."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    if frame.is_empty():
+        return frame
+    return (frame.filter(pl.col("final")).sort("created_at", "pair_version")
+            .unique(["method", "iteration"], keep="last").sort("method", "iteration"))
+
+
+def pair_generation_ids(store: Store, *, method: str | None = None, iteration: int | None = None) -> list[str]:
+    """The chosen and rejected generation ids of the selected pairs, each once, sorted."""
+    where, params = _filters(method, iteration, "v.")
+    sql = ("with v as (select version, config_json ->> 'method' as method, "
+           "cast(config_json ->> 'iteration' as integer) as iteration from versions where stage = 'pairs'), "
+           "p as (select chosen_generation_id, rejected_generation_id from pairs "
+           f"join v on v.version = pairs.pair_version where {where}) "
+           "select distinct generation_id from (select chosen_generation_id as generation_id from p "
+           "union all select rejected_generation_id from p) order by generation_id")
+    return run_sql(store, sql, params, reads=["pairs"]).column("generation_id").to_pylist()
+
+
+# ---- similarity: cached hidden-state means ------------------------------------------------------------------------
+
+
+def _check_text_kind(text_kind: str) -> None:
+    if text_kind not in TEXT_KINDS:
+        raise TsrError(f"unknown text kind {text_kind!r}; use {' or '.join(TEXT_KINDS)}")
+
+
+def embedding_id(generation_id: str, snapshot_id: str, text_kind: str) -> str:
+    return content_hash({"generation": generation_id, "snapshot": snapshot_id, "text": text_kind})
+
+
+def embed(
+    store: Store,
+    *,
+    snapshot_id: str,
+    generation_ids: Sequence[str],
+    text_kind: str = "response",
+    load_generator: Callable[[], Any],
+    batch_size: int = 16,
+    label: str = "embed",
+) -> EmbeddingSet:
+    """Materialize the mean last-layer hidden state of every generation under `snapshot_id` (cached, resumable).
+
+    `load_generator` returns an object with `hidden_state_means(texts)` (HFGenerator) and, for `chat`,
+    `render(messages, continuation)`; it is only called when something is missing. Rows that exist under any
+    version are reused; finished batches are staged so a killed run resumes after them.
+    """
+    from builder.progress import Progress
+    from builder.stages.generate import existing_ids
+
+    _check_text_kind(text_kind)
+    if batch_size < 1:
+        raise TsrError(f"batch size must be at least 1, got {batch_size}")
+    ids = sorted(set(generation_ids))
+    generations = pl.from_arrow(store.read("generations").select(["generation_id", "prompt_id", "text", "version"]))
+    assert isinstance(generations, pl.DataFrame)
+    wanted = pl.DataFrame({"generation_id": ids}, schema={"generation_id": pl.String}).with_columns(
+        pl.col("generation_id").map_elements(lambda gid: embedding_id(gid, snapshot_id, text_kind),
+                                             return_dtype=pl.String).alias("embedding_id")
+    ).join(generations, on="generation_id", how="left")
+    if wanted["text"].null_count():
+        raise TsrError(f"{wanted['text'].null_count()} generation(s) to embed are not in {store.root}")
+    parents = sorted(set(wanted["version"].to_list()))
+    config = {"text_kind": text_kind, "generations": content_hash(ids)}
+    version = stage_fingerprint(EMBED_STAGE, EMBED_CODE_VERSION, config, parents, snapshot_id)
+    if store.manifest(version) is not None:
+        return EmbeddingSet(version, computed=0, reused=len(ids))
+
+    done = existing_ids(store, "embeddings", "embedding_id", snapshot_id)
+    done |= set(store.staged(version, "embeddings").column("embedding_id").to_pylist())
+    missing = wanted.filter(~pl.col("embedding_id").is_in(list(done)))
+    if missing.height:
+        if text_kind == "chat":
+            prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"]))
+            assert isinstance(prompts, pl.DataFrame)
+            missing = missing.join(prompts.unique("prompt_id").rename({"text": "prompt"}), on="prompt_id",
+                                   how="left")
+            if missing["prompt"].null_count():
+                raise TsrError(f"{missing['prompt'].null_count()} prompt(s) of generations to embed are not in "
+                               f"{store.root}")
+        generator = load_generator()
+        rows_all = missing.to_dicts()
+        with Progress(label, total=len(rows_all)) as progress:
+            for start in range(0, len(rows_all), batch_size):
+                chunk = rows_all[start : start + batch_size]
+                if text_kind == "chat":
+                    texts = [generator.render([{"role": "user", "content": r["prompt"]}], r["text"])
+                             for r in chunk]
+                else:
+                    texts = [r["text"] for r in chunk]
+                means = generator.hidden_state_means(texts)
+                created = now_utc()
+                batch = pa.table({
+                    "embedding_id": [r["embedding_id"] for r in chunk],
+                    "generation_id": [r["generation_id"] for r in chunk],
+                    "snapshot_id": [snapshot_id] * len(chunk),
+                    "text_kind": [text_kind] * len(chunk),
+                    "mean_hidden": pa.array(means, type=pa.list_(pa.float32())),
+                    "version": [version] * len(chunk),
+                    "created_at": pa.array([created] * len(chunk), type=EMBEDDINGS.field("created_at").type),
+                })
+                store.stage_batch(version, "embeddings", batch)
+                progress.update(len(chunk))
+                crash_point("embed.after-batch")
+    staged = store.staged(version, "embeddings")
+    store.write_version(
+        version=version, stage=EMBED_STAGE, code_version=EMBED_CODE_VERSION, table="embeddings", data=staged,
+        partition={"snapshot": snapshot_id}, config=config, parents=parents, snapshot_id=snapshot_id,
+        stats={"requested": len(ids), "computed": missing.height, "reused": len(ids) - missing.height},
+    )
+    store.clear_staged(version)
+    return EmbeddingSet(version, computed=missing.height, reused=len(ids) - missing.height)
+
+
+# ---- the fixed judge --------------------------------------------------------------------------------------------
+
+
+def judge_key(store: Store, judgment_id: str) -> JudgeKey:
+    """The settings of one stored judgment, to select that judge's scores in rescored_gap."""
+    sql = ("select judge_id, template_hash, mode, judge_samples, temperature, max_new_tokens from judgments "
+           "where judgment_id = $id limit 1")
+    rows = run_sql(store, sql, {"id": judgment_id}, reads=["judgments"]).to_pylist()
+    if not rows:
+        raise TsrError(f"judgment {judgment_id} is not in {store.root}")
+    return JudgeKey(**rows[0])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` found or computed for the diagnostics: the embedding snapshot and the rescoring judge."""
+
+    snapshot_id: str | None = None
+    judge: JudgeKey | None = None
+    embedded: int = 0
+    rescored: int = 0
+
+
+def prepare(
+    store: Store,
+    *,
+    method: str | None = None,
+    iteration: int | None = None,
+    snapshot_ref: str | None = None,
+    text_kind: str = "response",
+    judge_ref: str | None = None,
+    profile: str | None = None,
+    batch_size: int = 16,
+) -> Prepared:
+    """Compute whatever the diagnostics need and the store lacks (hidden-state means under `snapshot_ref`, the
+    fixed judge's judgments of every chosen and rejected response); reuse the rest. Loads a model only for work
+    that is missing."""
+    if snapshot_ref is None and judge_ref is None:
+        return Prepared()
+    from builder.snapshot import get_snapshot
+
+    _check_text_kind(text_kind)
+    snapshot_id, key, embedded, rescored = None, None, 0, 0
+    with store.writing():
+        generation_ids = pair_generation_ids(store, method=method, iteration=iteration)
+        if snapshot_ref is not None and not generation_ids:  # no pairs (yet): nothing to embed, and no columns
+            snapshot_id = get_snapshot(store, snapshot_ref).snapshot_id
+        elif snapshot_ref is not None:
+            snap = get_snapshot(store, snapshot_ref)
+            snapshot_id = snap.snapshot_id
+
+            def load_hf():
+                from builder.backends.base import get_generator
+                from builder.progress import quiet_libraries
+
+                quiet_libraries()
+                return get_generator("hf", snap.folder(store), batch_size=batch_size)
+
+            result = embed(store, snapshot_id=snapshot_id, generation_ids=generation_ids, text_kind=text_kind,
+                           load_generator=load_hf, batch_size=batch_size, label=f"embed under {snap.name}")
+            embedded = result.computed
+        if judge_ref is not None and generation_ids:
+            from builder.config import load_profile
+            from builder.loop import default_generator_factory, reward_loader
+            from builder.stages.judge import judge
+
+            settings = load_profile(profile)
+            judge_snap = get_snapshot(store, judge_ref)
+            reward = judge_snap.role == "reward"
+            factory = default_generator_factory(store, settings)
+            loader = reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap))
+            judged = judge(store, judge_id=judge_snap.snapshot_id, generation_ids=generation_ids, cfg=settings.judge,
+                           load_generator=loader, reward=reward, label=f"rescore by {judge_snap.name}")
+            key = judge_key(store, judged.judgment_ids[0])
+            rescored = judged.judged
+    return Prepared(snapshot_id, key, embedded, rescored)
+
+
+# ---- rendering --------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pair(a: Any, b: Any) -> str:
+    return f"{_number(a)} / {_number(b)}"
+
+
+# The terminal table of pair_stats: the figures that matter side by side; csv, json and markdown carry every column.
+_STATS_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("method", lambda r: r["method"]),
+    ("iter", lambda r: _number(r["iteration"])),
+    ("phase", lambda r: r["phase"]),
+    ("prompts", lambda r: _number(r["prompts"])),
+    ("kept", lambda r: _number(r["pairs_kept"])),
+    ("ties", lambda r: _number(r["ties_dropped"])),
+    ("no score", lambda r: _number(r["no_scored_current"])),
+    ("unparsable", lambda r: _number(r["unparsable"])),
+    ("chosen mean / med", lambda r: _pair(r["chosen_mean"], r["chosen_median"])),
+    ("rejected mean / med", lambda r: _pair(r["rejected_mean"], r["rejected_median"])),
+    ("gap mean / med", lambda r: _pair(r["gap_mean"], r["gap_median"])),
+    ("chosen M_i / M_f", lambda r: f"{r['chosen_from_m_i']} / {r['chosen_from_m_f']}"),
+    ("rejected M0 / M_i", lambda r: f"{r['rejected_from_m0']} / {r['rejected_from_m_i']}"),
+    ("tokens chosen / rej",
+     lambda r: f"{_number(r['chosen_tokens_mean'], 1)} / {_number(r['rejected_tokens_mean'], 1)}"),
+    ("version", lambda r: r["pair_version"]),
+]
+
+_DIAGNOSTIC_COLUMNS: list[tuple[str, str, Callable[[dict], str]]] = [
+    ("method", "method", lambda r: r["method"]),
+    ("iter", "iteration", lambda r: _number(r["iteration"])),
+    ("phase", "phase", lambda r: r["phase"]),
+    ("final", "final", lambda r: _number(r["final"])),
+    ("pairs", "pairs", lambda r: _number(r["pairs"])),
+    ("gap", "mean_gap", lambda r: _number(r["mean_gap"])),
+    ("rescored pairs", "rescored_pairs", lambda r: _number(r["rescored_pairs"])),
+    ("rescored gap", "rescored_gap", lambda r: _number(r["rescored_gap"])),
+    ("embedded pairs", "embedded_pairs", lambda r: _number(r["embedded_pairs"])),
+    ("similarity", "similarity", lambda r: _number(r["similarity"])),
+    ("version", "pair_version", lambda r: r["pair_version"]),
+]
+
+
+def terminal_table(table: pa.Table, kind: str) -> str:
+    """A fixed-width table for the terminal: `kind` is "stats" (pair_stats) or "diagnostics"."""
+    rows = table.to_pylist()
+    if kind == "stats":
+        columns = _STATS_COLUMNS
+    else:
+        columns = [(header, fn) for header, name, fn in _DIAGNOSTIC_COLUMNS if name in table.column_names]
+    cells = [[fn(row) for _, fn in columns] for row in rows]
+    widths = [max([len(header)] + [len(c[i]) for c in cells]) for i, (header, _) in enumerate(columns)]
+    left = {"method", "phase", "version"}
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if columns[i][0] in left else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    out = [line([h for h, _ in columns]), line(["-" * w for w in widths])]
+    out += [line(c) for c in cells]
+    if not rows:
+        out.append("(no pair versions in the store)")
+    return "\n".join(out) + "\n"
+
+
+def markdown_table(table: pa.Table, *, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table of every column (floats rounded to `digits`)."""
+    names = table.column_names
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+    for row in table.to_pylist():
+        lines.append("| " + " | ".join(_number(row[n], digits).replace("|", "\\|") for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(table: pa.Table, fmt: str, *, kind: str = "stats") -> str:
+    """Render a stats or diagnostics table as table (terminal), csv, json (one object per line) or markdown."""
+    if fmt == "table":
+        return terminal_table(table, kind)
+    if fmt == "markdown":
+        return markdown_table(table)
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    if fmt == "csv":
+        return frame.write_csv()
+    if fmt == "json":
+        return "".join(json.dumps(row, default=str, ensure_ascii=False) + "\n" for row in frame.to_dicts())
+    raise TsrError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
+
+
+def write_output(text: str, out: Path | None) -> str | None:
+    if out is None:
+        return text
+    Path(out).write_text(text, "utf-8")
+    return None
