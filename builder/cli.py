@@ -232,6 +232,22 @@ def _resolve_prompt_set(store, prompt_set: str | None, chunks: int) -> str:
 # ---- generate, judge --------------------------------------------------------------------------------------------
 
 
+def _generate_chunk(store, settings, snapshot_ref: str, chunk: int, prompt_set: str | None, sample_offset: int):
+    """Generate (or find) K samples per prompt of a chunk; returns (GenerationSet, snapshot)."""
+    from builder.loop import default_generator_factory, prompt_chunk
+    from builder.snapshot import get_snapshot
+    from builder.stages.generate import generate
+
+    snap = get_snapshot(store, snapshot_ref)
+    set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+    prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
+    factory = default_generator_factory(store, settings)
+    result = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
+                      sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
+                      cfg=settings.generate, load_generator=lambda: factory(snap))
+    return result, snap
+
+
 @cli.command(name="generate")
 @click.option("--snapshot", "snapshot_ref", required=True, help="Snapshot id, prefix or name (see tsr models list).")
 @prompt_options
@@ -243,20 +259,11 @@ def _resolve_prompt_set(store, prompt_set: str | None, chunks: int) -> str:
 def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, profile, **flags) -> None:
     """Sample K responses per prompt of a chunk from a snapshot."""
     from builder.config import load_profile
-    from builder.loop import default_generator_factory, prompt_chunk
-    from builder.snapshot import get_snapshot
-    from builder.stages.generate import generate
 
     settings = load_profile(profile, {"generate": flags})
     store = _store(ctx, create=True)
     with store.writing():
-        snap = get_snapshot(store, snapshot_ref)
-        set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
-        prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
-        factory = default_generator_factory(store, settings)
-        result = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
-                          sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
-                          cfg=settings.generate, load_generator=lambda: factory(snap))
+        result, _ = _generate_chunk(store, settings, snapshot_ref, chunk, prompt_set, sample_offset)
     click.echo(f"generations {result.version}: {result.generated} generated, {result.reused} reused")
 
 
@@ -278,9 +285,8 @@ def judge_command(ctx, snapshot_ref, judge_ref, chunk, prompt_set, sample_offset
                   judge_max_new_tokens, judge_temperature, profile, **flags) -> None:
     """Judge a snapshot's generations of a chunk (generating any that are missing)."""
     from builder.config import load_profile
-    from builder.loop import default_generator_factory, prompt_chunk, reward_loader
+    from builder.loop import default_generator_factory, reward_loader
     from builder.snapshot import get_snapshot
-    from builder.stages.generate import generate
     from builder.stages.judge import judge, template_text
 
     judge_flags = {"mode": mode, "samples": samples, "template": str(template) if template else None,
@@ -290,15 +296,10 @@ def judge_command(ctx, snapshot_ref, judge_ref, chunk, prompt_set, sample_offset
     template_text(settings.judge)  # a bad template fails before anything is generated
     store = _store(ctx, create=True)
     with store.writing():
-        snap = get_snapshot(store, snapshot_ref)
+        generated, snap = _generate_chunk(store, settings, snapshot_ref, chunk, prompt_set, sample_offset)
         judge_snap = get_snapshot(store, judge_ref) if judge_ref else snap
-        set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
-        prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
-        factory = default_generator_factory(store, settings)
-        generated = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
-                             sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
-                             cfg=settings.generate, load_generator=lambda: factory(snap))
         reward = judge_snap.role == "reward"
+        factory = default_generator_factory(store, settings)
         loader = reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap))
         result = judge(store, judge_id=judge_snap.snapshot_id, generation_ids=generated.generation_ids,
                        cfg=settings.judge, load_generator=loader, reward=reward)
@@ -524,42 +525,6 @@ def report_command(ctx, out, snapshot_ref, text_kind, judge_ref, profile, batch_
 def _split_values(values: tuple[str, ...]) -> list[str]:
     """`--pairs a --pairs b` and `--pairs a,b` both work."""
     return [v for value in values for v in value.split(",") if v]
-
-
-@cli.command(name="push")
-@click.argument("repo_id")
-@click.option("--pairs", "pair_refs", multiple=True, help="Pair version (id or prefix); repeat or comma-separate.")
-@click.option("--tables", multiple=True, help="Tables to push (prompts, generations, judgments, pairs, snapshots, "
-              "runs); repeat or comma-separate. Default, with no --pairs either: everything.")
-@click.option("--private", is_flag=True, help="Create the dataset repo private.")
-@click.pass_context
-def push_command(ctx, repo_id, pair_refs, tables, private) -> None:
-    """Push versions (with their lineage), a dataset card and tags to a Hub dataset repo, in one commit."""
-    from builder.hub import push
-
-    result = push(_store(ctx), repo_id, pairs=_split_values(pair_refs), tables=_split_values(tables),
-                  private=private)
-    if result.commit:
-        click.echo(f"pushed {len(result.pushed)} version(s) to {repo_id} in commit {result.commit[:12]} "
-                   f"({result.present} already there)")
-    else:
-        click.echo(f"{repo_id} has all {result.present} version(s) already (at {result.head[:12]}): no new commit")
-    for version, config in result.configs.items():
-        click.echo(f"  {config:<28} pair version {version}")
-    if result.tags_created:
-        click.echo(f"tagged: {', '.join(result.tags_created)}")
-
-
-@cli.command(name="pull")
-@click.argument("ref", metavar="REPO_ID[@REVISION]")
-@click.pass_context
-def pull_command(ctx, ref) -> None:
-    """Restore the versions pushed to a Hub dataset repo into the store, checked against their manifests."""
-    from builder.hub import pull
-
-    result = pull(ctx.obj["data"], ref)
-    click.echo(f"pulled {ref} (commit {result.commit[:12]}): {len(result.restored)} version(s) restored, "
-               f"{result.present} already present")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
