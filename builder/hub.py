@@ -314,11 +314,32 @@ def _prepare(store: Store, repo_id: str, new: list[Manifest], index: dict, stagi
                                                                 INDEX_FILE))
     pq.write_table(_stats_table(index), stats, compression="zstd")
     pq.write_table(_versions_table(index), versions, compression="zstd")
-    card.write_text(render_card(index, repo_id), "utf-8")
+    plots = _card_plots(store, staging / "plots") if index["pairs"] else []
+    card_text = render_card(index, repo_id)
+    if plots:
+        from builder.plots import card_markdown
+
+        card_text = card_text.rstrip("\n") + "\n\n" + card_markdown(plots, "plots/") + "\n"
+    card.write_text(card_text, "utf-8")
     index_file.write_bytes(_index_bytes(index))
     files += [("data/stats/stats.parquet", stats, None), ("data/versions/versions.parquet", versions, None),
               ("README.md", card, None), (INDEX_FILE, index_file, None)]
+    files += [(f"plots/{plot.path.name}", plot.path, None) for plot in plots]
     return files
+
+
+def _card_plots(store: Store, folder: Path) -> list:
+    """The gap and score plots of the local store for the card; none where matplotlib or pairs are missing.
+
+    The card's tables describe the whole remote index, the plots the store that pushes: after pushes from
+    several stores the plots show the last one."""
+    try:
+        from builder.plots import write_plots
+
+        return write_plots(store, folder)
+    except (ImportError, TsrError) as exc:
+        _stderr(f"no plots in the dataset card: {exc}")
+        return []
 
 
 def _commit(api, repo_id: str, head: str, files: list[_Upload], index: dict, new: list[Manifest],

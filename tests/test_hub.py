@@ -117,6 +117,10 @@ def test_push_uploads_tables_card_manifests_and_tags(hub, source, pushed):
             "runs", "stats", "versions"} == set(configs)
     assert configs["pairs-tsr-iter1"]["data_files"][0]["path"] == f"data/pairs-tsr-iter1/train-{versions['d2']}.parquet"
     assert configs["pairs-tsr-iter1"].get("default") is True
+    # The card shows the store's plots, uploaded beside it as real PNGs.
+    for name in ("gap.png", "scores.png"):
+        assert f"](plots/{name})" in card
+        assert (hub.blobs / files[f"plots/{name}"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # One commit on top of the repo's first, and a tag per pair version on it.
     assert [c.title for c in hub.repo(REPO).history(hub.head(REPO))][1:] == ["initial commit"]
     assert hub.repo(REPO).tags == {f"pairs-tsr-iter1-{versions['d2'][:8]}": commit,
