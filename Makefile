@@ -5,7 +5,7 @@ PYTHON     ?= python3
 VENV       ?= .venv
 # GPU users pick another build, e.g. TORCH_SPEC='torch==2.13.0' with their CUDA index configured in pip.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= train,dev,plots
+EXTRAS     ?= train,dev,plots,eval
 DATA       ?= tsr-data
 ITER       ?= 2
 METHOD     ?= tsr

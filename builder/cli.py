@@ -464,18 +464,25 @@ def _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_
 @click.option("--iter", "iteration", type=int, help="Only iteration N.")
 @click.option("--diagnostics", is_flag=True, help="The vanishing-gap diagnostics (score gap, and with --judge / "
               "--snapshot the rescored gap and the chosen/rejected similarity) instead of the pair statistics.")
+@click.option("--evals", "show_evals", is_flag=True, help="The evaluation results (tsr eval winrate / ifeval) "
+              "instead of the pair statistics (SQL: tsr sql --query evals).")
 @diagnostics_options
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table",
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write to FILE instead of stdout.")
 @click.pass_context
-def stats_command(ctx, method, iteration, diagnostics, snapshot_ref, text_kind, judge_ref, profile, batch_size, fmt,
-                  out) -> None:
+def stats_command(ctx, method, iteration, diagnostics, show_evals, snapshot_ref, text_kind, judge_ref, profile,
+                  batch_size, fmt, out) -> None:
     """Pair statistics per method, iteration and phase (SQL: tsr sql --query pair_stats)."""
     from builder import stats
 
     store = _store(ctx)
-    if diagnostics or snapshot_ref or judge_ref:
+    if show_evals:
+        from builder.evals.summary import evals_table, terminal_table
+
+        table = evals_table(store)
+        rendered = terminal_table(table) if fmt == "table" else stats.render(table, fmt)
+    elif diagnostics or snapshot_ref or judge_ref:
         prepared = _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_ref, profile,
                                          batch_size)
         table = stats.diagnostics(store, method=method, iteration=iteration, snapshot_id=prepared.snapshot_id,
@@ -525,6 +532,124 @@ def report_command(ctx, out, snapshot_ref, text_kind, judge_ref, profile, batch_
 def _split_values(values: tuple[str, ...]) -> list[str]:
     """`--pairs a --pairs b` and `--pairs a,b` both work."""
     return [v for value in values for v in value.split(",") if v]
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+
+@cli.group(name="eval", cls=TsrGroup)
+def eval_group() -> None:
+    """Evaluate snapshots: pairwise win rates and IFEval instruction following."""
+
+
+def eval_generation_options(function):
+    for option in reversed([
+        click.option("--temperature", type=float, default=0.0, show_default=True,
+                     help="Sampling temperature of the answers (0: greedy)."),
+        click.option("--max-new-tokens", type=int, help="New tokens per answer (default: the profile's)."),
+        click.option("--seed", type=int),
+        click.option("--backend", type=click.Choice(["hf", "vllm"])),
+        click.option("--batch-size", type=int, help="Throughput only: never changes results."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _eval_settings(profile, flags):
+    from builder.config import load_profile
+
+    flags = dict(flags)
+    return load_profile(profile, {"generate": flags})
+
+
+@eval_group.command(name="winrate")
+@click.option("--a", "a_ref", required=True, help="Snapshot A (id, prefix or name): the one whose win rate is given.")
+@click.option("--b", "b_ref", required=True, help="Snapshot B, the baseline.")
+@click.option("--prompts", "prompts_ref", required=True,
+              help="A prompt chunk number (of --prompt-set, default the shipped prompts) or a prompts file.")
+@click.option("--prompt-set", help="Prompt-set version for a chunk number (default: the shipped default prompts).")
+@click.option("--limit", type=int, help="Only the first N prompts.")
+@click.option("--judge", "judge_ref", required=True,
+              help="Fixed judge snapshot; one added with --role reward compares by reward difference.")
+@click.option("--template", type=click.Path(path_type=Path),
+              help="Pairwise template with {prompt}, {response_1}, {response_2}.")
+@click.option("--judge-max-new-tokens", type=int, default=0, show_default=True,
+              help="Tokens of comparison written before the verdict is read (0: read it at once).")
+@click.option("--judge-temperature", type=float, default=0.7, show_default=True)
+@click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@eval_generation_options
+@profile_option
+@click.pass_context
+def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, template, judge_max_new_tokens,
+                 judge_temperature, resamples, profile, **flags) -> None:
+    """Win, tie and loss rates of A against B, judged in both orders, with bootstrap 95% intervals."""
+    from builder.evals.winrate import PairwiseJudgeSettings, template_text, winrate
+    from builder.loop import default_generator_factory, prompt_chunk, reward_loader
+    from builder.snapshot import get_snapshot
+    from builder.stages.prompts import Chunking, import_prompts
+
+    settings = _eval_settings(profile, flags)
+    judge_settings = PairwiseJudgeSettings(
+        template=str(template) if template else None, max_new_tokens=judge_max_new_tokens,
+        temperature=judge_temperature, seed=settings.judge.seed, batch_size=settings.judge.batch_size)
+    if template:
+        template_text(str(template))  # a bad template fails before anything is generated
+    store = _store(ctx, create=True)
+    with store.writing():
+        a, b, judge_snap = (get_snapshot(store, ref) for ref in (a_ref, b_ref, judge_ref))
+        if prompts_ref.isdigit():
+            set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+            prompts = prompt_chunk(store, set_version, int(prompts_ref), limit)
+        else:
+            manifest, _ = import_prompts(store, Path(prompts_ref), chunking=Chunking(chunks=1))
+            set_version = manifest.version
+            prompts = prompt_chunk(store, set_version, 1, limit)
+        factory = default_generator_factory(store, settings)
+        snaps = {s.snapshot_id: s for s in (a, b)}
+        reward = judge_snap.role == "reward"
+        result = winrate(
+            store, snapshot_a=a.snapshot_id, snapshot_b=b.snapshot_id, judge_id=judge_snap.snapshot_id,
+            prompts=prompts, prompt_set=set_version, generate_cfg=settings.generate, judge_settings=judge_settings,
+            load_generator=lambda sid: factory(snaps[sid]),
+            load_judge=reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap)),
+            reward=reward, resamples=resamples, bootstrap_seed=settings.judge.seed)
+    s = result.summary
+    click.echo(f"evals {result.version}: {a.name} (A) vs {b.name} (B) on {result.prompts} prompts, judge "
+               f"{judge_snap.name} ({s['judge_mode']}; {result.judged} judged, {result.reused} reused)")
+    for name in ("win", "tie", "loss"):
+        low, high = s[f"{name}_ci"]
+        click.echo(f"  {name:<5} {s[f'{name}_rate']:.3f}  95% CI [{low:.3f}, {high:.3f}]")
+    low, high = s["score_ci"]
+    click.echo(f"  score {s['score']:.3f}  95% CI [{low:.3f}, {high:.3f}]  (win + tie/2)")
+    click.echo(f"  mean length: A {s['mean_tokens_a']:.1f} tokens, B {s['mean_tokens_b']:.1f} tokens")
+
+
+@eval_group.command(name="ifeval")
+@click.option("--snapshot", "snapshot_ref", required=True, help="Snapshot id, prefix or name.")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path),
+              help="JSONL in IFEval's format: key, prompt, instruction_id_list, kwargs.")
+@eval_generation_options
+@profile_option
+@click.pass_context
+def eval_ifeval(ctx, snapshot_ref, prompts_file, profile, **flags) -> None:
+    """Strict and loose IFEval accuracy at prompt and instruction level (checkers from if-verifiable)."""
+    from builder.evals.ifeval import ifeval, read_ifeval
+    from builder.loop import default_generator_factory
+    from builder.snapshot import get_snapshot
+
+    settings = _eval_settings(profile, flags)
+    read_ifeval(prompts_file)  # a bad file fails before a store is touched
+    store = _store(ctx, create=True)
+    with store.writing():
+        snap = get_snapshot(store, snapshot_ref)
+        factory = default_generator_factory(store, settings)
+        result = ifeval(store, snapshot_id=snap.snapshot_id, path=prompts_file, generate_cfg=settings.generate,
+                        load_generator=lambda: factory(snap))
+    s = result.summary
+    click.echo(f"evals {result.version}: {snap.name} on {s['prompts']} prompts, {s['instructions']} instructions "
+               f"(mean answer {s['mean_tokens']:.1f} tokens)")
+    click.echo(f"  prompt level       strict {s['prompt_strict']:.3f}  loose {s['prompt_loose']:.3f}")
+    click.echo(f"  instruction level  strict {s['instruction_strict']:.3f}  loose {s['instruction_loose']:.3f}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -170,6 +170,13 @@ def build_report(
         diag_note.append(f"similarity under snapshot <code>{_esc(snapshot_id)}</code>, {_esc(text_kind)} "
                          "(<code>pair_similarity</code>)")
     body += ["<h2>Vanishing-gap diagnostics</h2>", f'<p class="note">{"; ".join(diag_note)}.</p>', html_table(diag)]
+    evals = stats.run_sql(store, stats.named_sql("evals"), reads=["evals"])
+    evals_note = ("One row per evaluation (<code>tsr sql --query evals</code>): win, tie and loss rates of A against "
+                  "B under a fixed judge, both orders (score = win + tie/2, bootstrap 95% interval), and IFEval "
+                  "strict/loose accuracy; lengths are completion tokens.")
+    body += ["<h2>Evaluations</h2>", f'<p class="note">{evals_note}</p>',
+             html_table(evals) if evals.num_rows else
+             '<p class="note">No evaluations yet (<code>tsr eval winrate</code>, <code>tsr eval ifeval</code>).</p>']
     body += ["<h2>Plots</h2>", _plots_html(store, snapshot_id, text_kind, judge, has_pairs=pair_table.num_rows > 0)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>temporal-sr report: {_esc(store.root.name)}</title><style>{_CSS}</style></head>\n<body>\n"

@@ -57,6 +57,7 @@ TABLE_DIRS = {
     "snapshots": "tables/snapshots",
     "runs": "tables/runs",
     "embeddings": "embeddings",
+    "evals": "evals",
 }
 
 

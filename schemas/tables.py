@@ -138,6 +138,39 @@ EMBEDDINGS = pa.schema(
     ]
 )
 
+# Evaluation results (builder/evals): one row per pairwise comparison (kind "winrate") or per IFEval prompt (kind
+# "ifeval"). Columns of the other kind are null. Added in schema version 1 without changing any other table.
+EVALS = pa.schema(
+    [
+        pa.field("eval_id", pa.string(), nullable=False),  # hash of (kind, generation(s), judge settings | checks)
+        pa.field("eval_version", pa.string(), nullable=False),  # the materialized version that wrote the row
+        pa.field("kind", pa.string(), nullable=False),  # winrate | ifeval (also the partition)
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("snapshot_id", pa.string(), nullable=False),  # winrate: side A; ifeval: the evaluated model
+        pa.field("generation_id", pa.string(), nullable=False),
+        pa.field("completion_tokens", pa.int32(), nullable=False),  # length of the response
+        pa.field("other_snapshot_id", pa.string(), nullable=True),  # winrate: side B
+        pa.field("other_generation_id", pa.string(), nullable=True),
+        pa.field("other_completion_tokens", pa.int32(), nullable=True),
+        pa.field("judge_id", pa.string(), nullable=True),  # winrate: the fixed judge (LLM or reward model)
+        pa.field("judge_mode", pa.string(), nullable=True),  # forced (verdict-token probabilities) | reward
+        pa.field("template_hash", pa.string(), nullable=True),  # forced: the pairwise template's hash
+        pa.field("pref_a_first", pa.float64(), nullable=True),  # P(A better) with A shown as response 1
+        pa.field("pref_a_second", pa.float64(), nullable=True),  # P(A better) with A shown as response 2
+        pa.field("reward_a", pa.float64(), nullable=True),  # reward judge: the two raw rewards
+        pa.field("reward_b", pa.float64(), nullable=True),
+        pa.field("preference", pa.float64(), nullable=True),  # debiased P(A better): mean of both orders
+        pa.field("outcome", pa.string(), nullable=True),  # win | tie | loss, from A's side
+        pa.field("ifeval_key", pa.string(), nullable=True),  # ifeval: the row's `key`
+        pa.field("instruction_ids", pa.list_(pa.string()), nullable=True),
+        pa.field("follow_strict", pa.list_(pa.bool_()), nullable=True),  # per instruction
+        pa.field("follow_loose", pa.list_(pa.bool_()), nullable=True),
+        pa.field("prompt_strict", pa.bool_(), nullable=True),  # every instruction followed
+        pa.field("prompt_loose", pa.bool_(), nullable=True),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
 # A manifest is one JSON file per materialized version; this schema is what `versions` shows in DuckDB.
 MANIFEST = pa.schema(
     [
@@ -179,6 +212,7 @@ TABLES: dict[str, pa.Schema] = {
     "snapshots": SNAPSHOTS,
     "runs": RUNS,
     "embeddings": EMBEDDINGS,
+    "evals": EVALS,
 }
 
 PARTITIONS: dict[str, tuple[str, ...]] = {
@@ -189,4 +223,5 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "snapshots": (),
     "runs": (),
     "embeddings": ("snapshot",),
+    "evals": ("kind",),
 }
