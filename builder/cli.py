@@ -184,7 +184,8 @@ def models_list(ctx) -> None:
     from builder.snapshot import list_snapshots
 
     for snap in list_snapshots(_store(ctx)):
-        parent = f" <- {snap.parent_snapshot_id} on pairs {snap.pair_version}" if snap.parent_snapshot_id else ""
+        data = f"pairs {snap.pair_version}" if snap.pair_version else f"run {snap.run_id}"  # SFT: IFT + EFT run
+        parent = f" <- {snap.parent_snapshot_id} on {data}" if snap.parent_snapshot_id else ""
         temporary = " [temporary]" if snap.temporary else ""
         click.echo(f"{snap.snapshot_id}  {snap.name:<28} {snap.role:<9}{temporary}{parent}")
 
@@ -306,6 +307,129 @@ def judge_command(ctx, snapshot_ref, judge_ref, chunk, prompt_set, sample_offset
     stats = store.manifest(result.version).stats
     click.echo(f"judgments {result.version}: {result.judged} judged, {result.reused} reused, "
                f"{stats.get('unparsable', 0)} unparsable, scored by {stats.get('scored_by', {})}")
+
+
+# ---- SFT data and M0 ----------------------------------------------------------------------------------------------
+
+
+@cli.group(cls=TsrGroup)
+def ift() -> None:
+    """Import and list instruction-following (IFT) sets for SFT."""
+
+
+@ift.command(name="import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_context
+def ift_import(ctx, file: Path) -> None:
+    """Import JSONL or Parquet with `prompt`/`response` columns or `messages` lists as an IFT-set version."""
+    from builder.stages.sft_data import import_ift, parse_ift
+
+    parse_ift(file)  # fail on bad input before a store is created
+    store = _store(ctx, create=True)
+    with store.writing():
+        manifest, created = import_ift(store, file)
+    click.echo(f"IFT set {manifest.version} {'imported' if created else 'already imported (no-op)'}: "
+               f"{manifest.rows} examples ({manifest.stats['multi_turn']} multi-turn)")
+
+
+@ift.command(name="list")
+@click.pass_context
+def ift_list(ctx) -> None:
+    """List IFT-set versions."""
+    for manifest in _store(ctx).manifests(table="ift"):
+        click.echo(f"{manifest.version}  {manifest.rows:>7} examples  {manifest.config.get('source')}  "
+                   f"{manifest.data['created_at'][:19]}")
+
+
+@cli.group(cls=TsrGroup)
+def eft() -> None:
+    """Import, build and list evaluation fine-tuning (EFT) sets: judge replies ending with `Score: N`."""
+
+
+@eft.command(name="import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_context
+def eft_import(ctx, file: Path) -> None:
+    """Import JSONL or Parquet with prompt, response, justification and score (0-5) as an EFT-set version."""
+    from builder.stages.sft_data import import_eft, parse_eft
+
+    parse_eft(file)
+    store = _store(ctx, create=True)
+    with store.writing():
+        manifest, created = import_eft(store, file)
+    click.echo(f"EFT set {manifest.version} {'imported' if created else 'already imported (no-op)'}: "
+               f"{manifest.rows} examples, scores {manifest.stats['scores']}")
+
+
+@eft.command(name="build")
+@click.option("--judge", "judge_ref", required=True, help="The judge whose judgments become EFT rows: a fixed judge "
+              "snapshot stronger than the model being trained, or a reward model (--role reward).")
+@click.option("--snapshot", "snapshot_ref", help="Only judgments of this snapshot's generations.")
+@click.option("--reference", type=click.Path(path_type=Path), help="JSONL or Parquet with generation_id and rank "
+              "(1 = best) or score (higher = better): keep only prompts the judge ranks as this reference does.")
+@click.pass_context
+def eft_build(ctx, judge_ref, snapshot_ref, reference) -> None:
+    """Build an EFT set from judged generations already in the store."""
+    from builder.snapshot import get_snapshot
+    from builder.stages.sft_data import build_eft, read_reference
+
+    ranking = read_reference(reference) if reference else None
+    store = _store(ctx)
+    with store.writing():
+        judge_snap = get_snapshot(store, judge_ref)
+        snap = get_snapshot(store, snapshot_ref) if snapshot_ref else None
+        manifest, created = build_eft(store, judge_id=judge_snap.snapshot_id,
+                                      snapshot_id=snap.snapshot_id if snap else None, reference=ranking,
+                                      reference_name=reference.name if reference else None)
+    stats = manifest.stats
+    dropped = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items() if n) or "none"
+    click.echo(f"EFT set {manifest.version} {'built' if created else 'already built (no-op)'}: {manifest.rows} "
+               f"examples, scores {stats['scores']}; dropped: {dropped}")
+
+
+@eft.command(name="list")
+@click.pass_context
+def eft_list(ctx) -> None:
+    """List EFT-set versions."""
+    for manifest in _store(ctx).manifests(table="eft"):
+        click.echo(f"{manifest.version}  {manifest.rows:>7} examples  {manifest.stage:<11} "
+                   f"{manifest.config.get('source') or manifest.config.get('judge')}  {manifest.data['created_at'][:19]}")
+
+
+@cli.command(name="sft")
+@click.option("--base", "base_ref", help="Base snapshot (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--ift", "ift_ref", help="IFT-set version (id or prefix; default: the shipped seed set).")
+@click.option("--eft", "eft_ref", help="EFT-set version (id or prefix; default: the shipped seed set).")
+@click.option("--no-ift", is_flag=True, help="Train on the EFT set alone.")
+@click.option("--no-eft", is_flag=True, help="Train on the IFT set alone.")
+@click.option("--name", help="Name of the new snapshot (default: BASE+sft).")
+@click.option("--template", type=click.Path(path_type=Path), help="Judge template EFT rows are rendered through "
+              "(default: the profile's, i.e. the one `tsr judge` uses).")
+@profile_option
+@click.pass_context
+def sft_command(ctx, base_ref, ift_ref, eft_ref, no_ift, no_eft, name, template, profile) -> None:
+    """Fine-tune a base model on IFT + EFT data (TRL SFTTrainer, loss on completions): a new M0 snapshot."""
+    from builder import snapshot as snapshots
+    from builder.config import load_profile
+    from builder.stages.judge import template_text
+    from builder.stages.sft_data import default_eft_path, default_ift_path, find_set, import_eft, import_ift
+    from train.sft import train_sft
+
+    if (no_ift and ift_ref) or (no_eft and eft_ref) or (no_ift and no_eft):
+        raise TsrError("--no-ift and --no-eft leave out a set: give at most one of them, and not with that set")
+    settings = load_profile(profile, {"judge": {"template": str(template) if template else None}})
+    template_body = template_text(settings.judge)
+    store = _store(ctx, create=True)
+    with store.writing():
+        base = snapshots.get_snapshot(store, base_ref) if base_ref else snapshots.add_default(store)
+        ift_version = None if no_ift else (find_set(store, ift_ref, "ift").version if ift_ref
+                                           else import_ift(store, default_ift_path())[0].version)
+        eft_version = None if no_eft else (find_set(store, eft_ref, "eft").version if eft_ref
+                                           else import_eft(store, default_eft_path())[0].version)
+        result = train_sft(store, base, ift_version, eft_version, settings.sft, template=template_body, name=name)
+    verb = "trained" if result.trained else "already trained (no-op)"
+    click.echo(f"snapshot {result.snapshot.snapshot_id}  {result.snapshot.name}  {verb} by run {result.run_id} "
+               f"on IFT {ift_version} + EFT {eft_version}  {result.metrics}")
 
 
 # ---- the loop and the trainer -----------------------------------------------------------------------------------

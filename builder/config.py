@@ -79,6 +79,29 @@ class TrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning of M0 on IFT + EFT data (train/sft.py); loss on the completions only."""
+
+    learning_rate: float = _result(2e-6, "SFT learning rate (paper: 2e-6)")
+    epochs: float = _result(3.0, "epochs over the union of IFT and EFT examples (paper: 3)")
+    global_batch: int = _result(32, "examples per optimizer step, across devices and accumulation (paper: 32)")
+    lr_scheduler: str = _result("cosine", "learning-rate schedule (paper: cosine)")
+    warmup_ratio: float = _result(0.1, "share of steps spent warming up (paper: 0.1)")
+    max_length: int = _result(2048, "prompt + completion tokens (longer examples are cut at the end)")
+    lora_r: int = _result(0, "LoRA rank (0: full fine-tuning); LoRA is merged before saving")
+    seed: int = _result(0, "training seed (also the order of the examples)")
+    per_device_batch: int = _knob(1, "examples per device per forward pass")
+    bf16: str = _knob("auto", "auto (bf16 on CUDA only), true or false")
+
+    def __post_init__(self) -> None:
+        _check(self.learning_rate > 0, f"sft.learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.epochs > 0, f"sft.epochs must be > 0, got {self.epochs}")
+        _check(self.global_batch >= 1 and self.per_device_batch >= 1, "sft batch sizes must be at least 1")
+        _check(0 <= self.warmup_ratio < 1, f"sft.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.bf16 in ("auto", "true", "false"), f"sft.bf16 must be auto, true or false, got {self.bf16}")
+
+
+@dataclass
 class LoopConfig:
     chunks: int = _result(5, "chunks the default prompt set is split into (one per iteration)")
     prompts_per_iteration: int | None = _result(None, "use only the first N prompts of each chunk (None: all)")
@@ -91,10 +114,12 @@ class Profile:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     name: str = "defaults"
 
 
-SECTIONS = {"generate": GenerateConfig, "judge": JudgeConfig, "train": TrainConfig, "loop": LoopConfig}
+SECTIONS = {"generate": GenerateConfig, "judge": JudgeConfig, "train": TrainConfig, "loop": LoopConfig,
+            "sft": SFTConfig}
 
 
 def _check(condition: bool, message: str) -> None:

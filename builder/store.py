@@ -57,6 +57,8 @@ TABLE_DIRS = {
     "snapshots": "tables/snapshots",
     "runs": "tables/runs",
     "embeddings": "embeddings",
+    "ift": "sft/ift",
+    "eft": "sft/eft",
     "evals": "evals",
 }
 

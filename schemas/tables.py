@@ -138,6 +138,40 @@ EMBEDDINGS = pa.schema(
     ]
 )
 
+# Supervised fine-tuning data for M0 (the papers' SFT model): instruction-following examples (IFT) and
+# evaluation fine-tuning examples (EFT). Added in schema version 1 without changing any other table.
+_MESSAGE = pa.struct(
+    [pa.field("role", pa.string(), nullable=False), pa.field("content", pa.string(), nullable=False)]
+)
+
+IFT = pa.schema(
+    [
+        pa.field("example_id", pa.string(), nullable=False),  # content hash of the messages
+        pa.field("set_version", pa.string(), nullable=False),  # the IFT-set version (also the partition)
+        # the conversation; the last message is the assistant's completion (the only tokens with loss)
+        pa.field("messages", pa.list_(_MESSAGE), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # file name it was imported from
+        pa.field("position", pa.int32(), nullable=False),  # order in the source
+    ]
+)
+
+EFT = pa.schema(
+    [
+        # content hash of (prompt, response, justification, score)
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("set_version", pa.string(), nullable=False),  # the EFT-set version (also the partition)
+        pa.field("prompt", pa.string(), nullable=False),  # the question that was judged
+        pa.field("response", pa.string(), nullable=False),  # the answer that was judged
+        pa.field("justification", pa.string(), nullable=False),  # the judge's reasoning, without the score line
+        pa.field("score", pa.int32(), nullable=False),  # 0..5; the target ends with "Score: <score>"
+        pa.field("source", pa.string(), nullable=False),  # file name, or "judgments" for `tsr eft build`
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("generation_id", pa.string(), nullable=True),  # built rows: the judged generation
+        pa.field("judgment_id", pa.string(), nullable=True),  # built rows: the judgment they come from
+        pa.field("judge_id", pa.string(), nullable=True),  # built rows: the judge (snapshot or reward model)
+    ]
+)
+
 # Evaluation results (builder/evals): one row per pairwise comparison (kind "winrate") or per IFEval prompt (kind
 # "ifeval"). Columns of the other kind are null. Added in schema version 1 without changing any other table.
 EVALS = pa.schema(
@@ -212,6 +246,8 @@ TABLES: dict[str, pa.Schema] = {
     "snapshots": SNAPSHOTS,
     "runs": RUNS,
     "embeddings": EMBEDDINGS,
+    "ift": IFT,
+    "eft": EFT,
     "evals": EVALS,
 }
 
@@ -223,5 +259,7 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "snapshots": (),
     "runs": (),
     "embeddings": ("snapshot",),
+    "ift": ("set",),
+    "eft": ("set",),
     "evals": ("kind",),
 }

@@ -1,0 +1,229 @@
+"""The thin SFT trainer: M0 = SFT(base, IFT + EFT), as both papers start, recorded as a snapshot with lineage.
+
+`train_sft(store, base, ift_version, eft_version, cfg)` trains TRL's SFTTrainer on the union of an IFT set and an EFT
+set (EFT rows rendered through the judge template the pipeline uses) with loss on the completions only, saves the
+result as safetensors in the store, and records a training run of kind "sft". The run id hashes both data versions,
+the base snapshot, the template's hash and the result-changing config, so training the same thing twice is a no-op.
+
+Mirrors train/dpo.py: the same run file in the model folder, the same crash points and recovery, and on several GPUs
+the same entry point runs under accelerate:
+
+    accelerate launch --config_file train/accelerate/zero3.yaml -m train.sft --data tsr-data --base B --ift V --eft V
+
+torch, transformers and trl are imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from builder.config import SFTConfig, load_profile, result_fields
+from builder.errors import TsrError
+from builder.faults import crash_point
+from builder.fingerprint import canonical_json, stage_fingerprint
+from builder.judging import template_hash
+from builder.snapshot import Snapshot, adopt_folder, get_snapshot, list_snapshots, register, staging_folder
+from builder.store import Store, now_utc
+from schemas.tables import RUNS
+from train.dpo import RUN_FILE, _maybe, _remove_tree, find_run, use_bf16
+
+STAGE = "train.sft"
+CODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    snapshot: Snapshot
+    run_id: str
+    metrics: dict
+    trained: bool  # False when the run existed already
+
+
+def run_config(cfg: SFTConfig, template: str) -> dict:
+    """What the run id and the run record hold: the result-changing settings and the judge template's hash."""
+    return {**result_fields(cfg), "judge_template": template_hash(template)}
+
+
+def run_id_for(data_versions: list[str], base_id: str, cfg: SFTConfig, template: str) -> str:
+    return stage_fingerprint(STAGE, CODE_VERSION, run_config(cfg, template), data_versions, base_id)
+
+
+def train_sft(
+    store: Store,
+    base: Snapshot,
+    ift_version: str | None,
+    eft_version: str | None,
+    cfg: SFTConfig,
+    *,
+    template: str,
+    name: str | None = None,
+) -> SFTResult:
+    """Fine-tune `base` on an IFT and an EFT set (either may be None, not both), register the result as an M0."""
+    from builder.stages.sft_data import sft_examples
+
+    data_versions = [v for v in (ift_version, eft_version) if v is not None]
+    if not data_versions:
+        raise TsrError("SFT needs an IFT set, an EFT set or both")
+    run_id = run_id_for(data_versions, base.snapshot_id, cfg, template)
+    run = find_run(store, run_id)
+    if run is not None:
+        return SFTResult(get_snapshot(store, run["output_snapshot_id"]), run_id, json.loads(run["metrics_json"]),
+                         trained=False)
+    # A kill between registering the snapshot and recording the run: the snapshot names its run.
+    done = [s for s in list_snapshots(store) if s.run_id == run_id]
+    if done:
+        record = json.loads((Path(done[0].folder(store)) / RUN_FILE).read_text("utf-8"))
+        _record_run(store, run_id, data_versions, base, done[0], cfg, template, record["metrics"], record["seconds"])
+        return SFTResult(done[0], run_id, record["metrics"], trained=False)
+
+    from datasets import Dataset
+
+    examples = sft_examples(store, ift_version, eft_version, template)
+    if not examples:
+        raise TsrError(f"the SFT sets {', '.join(data_versions)} hold no examples")
+    started = time.monotonic()
+    staged = staging_folder(store)
+    metrics = _fit(base.folder(store), Dataset.from_list(examples), cfg, staged)
+    metrics = {"ift_examples": _rows(store, ift_version), "eft_examples": _rows(store, eft_version), **metrics}
+    seconds = round(time.monotonic() - started, 3)
+    (staged / RUN_FILE).write_text(
+        json.dumps({"run_id": run_id, "kind": "sft", "data_versions": data_versions,
+                    "start_snapshot_id": base.snapshot_id, "config": run_config(cfg, template), "metrics": metrics,
+                    "seconds": seconds}, indent=2, sort_keys=True),
+        "utf-8",
+    )
+    snapshot_id = adopt_folder(store, staged)
+    # pair_version stays null (no pairs trained it); the run the snapshot names holds both data versions and the
+    # config, and the model folder's tsr_training.json carries the same record.
+    snapshot = register(store, Snapshot(
+        snapshot_id, name or f"{base.name}+sft", "m0", path=f"snapshots/{snapshot_id}",
+        parent_snapshot_id=base.snapshot_id, run_id=run_id,
+    ))
+    crash_point("train.before-run-record")
+    _record_run(store, run_id, data_versions, base, snapshot, cfg, template, metrics, seconds)
+    return SFTResult(snapshot, run_id, metrics, trained=True)
+
+
+def _rows(store: Store, version: str | None) -> int:
+    manifest = store.manifest(version) if version else None
+    return manifest.rows if manifest is not None else 0
+
+
+def _record_run(store: Store, run_id: str, data_versions: list[str], base: Snapshot, output: Snapshot,
+                cfg: SFTConfig, template: str, metrics: dict, seconds: float) -> None:
+    config = run_config(cfg, template)
+    row = {
+        "run_id": run_id, "kind": "sft", "data_versions": data_versions, "start_snapshot_id": base.snapshot_id,
+        "ref_snapshot_id": None, "output_snapshot_id": output.snapshot_id, "config_json": canonical_json(config),
+        "metrics_json": canonical_json(metrics), "seconds": float(seconds), "created_at": now_utc(),
+    }
+    store.write_version(
+        version=run_id, stage=STAGE, code_version=CODE_VERSION, table="runs",
+        data=pa.Table.from_pylist([row], schema=RUNS), config=config, parents=data_versions,
+        snapshot_id=output.snapshot_id, stats=metrics,
+    )
+
+
+def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
+    """Run TRL's SFTTrainer (completion-only loss) and save the model (LoRA merged) to `output`; return metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    from builder.progress import quiet_libraries
+
+    quiet_libraries()
+    bf16 = use_bf16(cfg)  # type: ignore[arg-type]  # reads only .bf16
+    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    accumulation = max(1, math.ceil(cfg.global_batch / (cfg.per_device_batch * world)))
+    fields = {f.name for f in dataclasses.fields(TrlSFTConfig)}
+    warmup = {"warmup_ratio": cfg.warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": cfg.warmup_ratio}
+    args = TrlSFTConfig(
+        output_dir=str(output / "_trainer"),
+        **warmup,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=accumulation,
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_length=cfg.max_length,
+        completion_only_loss=True,  # the prompt (and the judge rubric) carries no loss
+        bf16=bf16,
+        seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    peft_config = None
+    if cfg.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train()
+    model = trainer.model
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    saved_dtype = AutoModelForCausalLM.from_pretrained(model_folder, dtype="auto").dtype
+    model = model.to(saved_dtype)
+    model.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    _remove_tree(output / "_trainer")
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    first, last = (steps[0], steps[-1]) if steps else ({}, {})
+    return {
+        "examples": len(dataset),
+        "steps": len(steps),
+        "train_loss": round(float(result.training_loss), 6),
+        "first_loss": _maybe(first.get("loss")),
+        "loss": _maybe(last.get("loss")),
+        "mean_token_accuracy": _maybe(last.get("mean_token_accuracy")),
+    }
+
+
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m train.sft", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="data root (default $TSR_HOME or ./tsr-data)")
+    parser.add_argument("--base", required=True, help="base snapshot (id, prefix or name)")
+    parser.add_argument("--ift", default=None, help="IFT-set version (id or unique prefix)")
+    parser.add_argument("--eft", default=None, help="EFT-set version (id or unique prefix)")
+    parser.add_argument("--profile", default="cpu-demo", help="profile name or YAML path (its sft section)")
+    parser.add_argument("--name", default=None, help="name of the new snapshot")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> SFTResult:
+    from builder.stages.judge import template_text
+    from builder.stages.sft_data import find_set
+
+    args = make_parser().parse_args(argv)
+    store = Store.open(args.data)
+    profile = load_profile(args.profile)
+    ift = find_set(store, args.ift, "ift").version if args.ift else None
+    eft = find_set(store, args.eft, "eft").version if args.eft else None
+    base = get_snapshot(store, args.base)
+    with store.writing():
+        result = train_sft(store, base, ift, eft, profile.sft, template=template_text(profile.judge), name=args.name)
+    print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, **result.metrics}))
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
