@@ -35,19 +35,41 @@ def connect(store: Store, *, verify: bool = True) -> duckdb.DuckDBPyConnection:
             )
         else:
             # An empty table still answers queries (count(*) = 0) instead of failing on a missing view.
-            empty = schema.empty_table()
-            for key in PARTITIONS[table]:
-                empty = empty.append_column(key, pa.array([], pa.string()))
-            con.register(f"_empty_{table}", empty)
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _empty_{table}")
-    rows = []
-    for manifest in store.manifests():
-        row = dict(manifest.data)
-        row["files"] = [dict(f) for f in row["files"]]
-        rows.append({name: row.get(name) for name in MANIFEST.names})
-    con.register("_versions", pa.Table.from_pylist(rows, schema=MANIFEST))
-    con.execute("CREATE VIEW versions AS SELECT * FROM _versions")
+            columns = [(f.name, duck_type(f.type)) for f in schema] + [(k, "VARCHAR") for k in PARTITIONS[table]]
+            con.execute(f"CREATE VIEW {table} AS SELECT {_typed_nulls(columns)} WHERE false")
+    # The manifests themselves, read as JSON by DuckDB. (Registering an Arrow table would make DuckDB import
+    # pandas, which costs more than the rest of a small query.)
+    columns = [(f.name, duck_type(f.type)) for f in MANIFEST]
+    manifest_files = [str(store.root / "manifests" / f"{m.version}.json") for m in store.manifests()]
+    if manifest_files:
+        listing = ", ".join(_sql_string(f) for f in manifest_files)
+        spec = ", ".join(f"{_sql_string(name)}: {_sql_string(kind)}" for name, kind in columns)
+        con.execute(f"CREATE VIEW versions AS SELECT * FROM read_json([{listing}], format='auto', "
+                    f"columns={{{spec}}})")
+    else:
+        con.execute(f"CREATE VIEW versions AS SELECT {_typed_nulls(columns)} WHERE false")
     return con
+
+
+def duck_type(kind: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type, for the types the declared schemas use."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "VARCHAR"
+    if pa.types.is_list(kind):
+        return f"{duck_type(kind.value_type)}[]"
+    if pa.types.is_struct(kind):
+        return "STRUCT(" + ", ".join(f'"{f.name}" {duck_type(f.type)}' for f in kind) + ")"
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMPTZ" if kind.tz else "TIMESTAMP"
+    simple = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.float32(): "FLOAT",
+              pa.bool_(): "BOOLEAN"}
+    if kind in simple:
+        return simple[kind]
+    raise TypeError(f"no DuckDB type for {kind}")
+
+
+def _typed_nulls(columns: list[tuple[str, str]]) -> str:
+    return ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in columns)
 
 
 def _sql_string(text: str) -> str:
