@@ -650,14 +650,6 @@ def report_command(ctx, out, snapshot_ref, text_kind, judge_ref, profile, batch_
     click.echo(str(path))
 
 
-# ---- sharing on the Hub -------------------------------------------------------------------------------------------
-
-
-def _split_values(values: tuple[str, ...]) -> list[str]:
-    """`--pairs a --pairs b` and `--pairs a,b` both work."""
-    return [v for value in values for v in value.split(",") if v]
-
-
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 
 
