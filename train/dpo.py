@@ -14,9 +14,7 @@ torch, transformers and trl are imported inside the functions, so importing this
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from builder.snapshot import (
 )
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
+from train.common import load_tokenizer, lora_config, trainer_arguments
 
 STAGE = "train.dpo"
 CODE_VERSION = 1
@@ -127,57 +126,20 @@ def _record_run(store: Store, run_id: str, pair_version: str, start: Snapshot, o
     )
 
 
-def use_bf16(cfg: TrainConfig) -> bool:
-    """bf16 where it trains: CUDA with bf16 support ("auto"), or wherever the user insists ("true")."""
-    import torch
-
-    if cfg.bf16 == "auto":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return cfg.bf16 == "true"
-
-
 def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
     """Run TRL's DPOTrainer and save the trained model (LoRA merged) to `output`. Returns the final metrics."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     from builder.progress import quiet_libraries
 
     quiet_libraries()
-    bf16 = use_bf16(cfg)
-    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
-    accumulation = max(1, math.ceil(cfg.global_batch / (cfg.per_device_batch * world)))
-    # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio); 4.x has both.
-    fields = {f.name for f in dataclasses.fields(DPOConfig)}
-    warmup = {"warmup_ratio": cfg.warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": cfg.warmup_ratio}
     args = DPOConfig(
-        output_dir=str(output / "_trainer"),
-        **warmup,
-        learning_rate=cfg.learning_rate,
+        **trainer_arguments(DPOConfig, cfg, output),
         beta=cfg.beta,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.per_device_batch,
-        gradient_accumulation_steps=accumulation,
-        lr_scheduler_type=cfg.lr_scheduler,
-        max_length=cfg.max_length,
-        bf16=bf16,  # TRL defaults to bf16=True, which fails on CPUs
-        seed=cfg.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    peft_config = None
-    if cfg.lora_r > 0:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+    tokenizer = load_tokenizer(model_folder)
+    peft_config = lora_config(cfg)
     # Passing the folder (not a model object) makes TRL load the frozen reference from the same weights.
     trainer = DPOTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)

@@ -16,9 +16,7 @@ torch, transformers and trl are imported inside the functions, so importing this
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,8 @@ from builder.judging import template_hash
 from builder.snapshot import Snapshot, adopt_folder, get_snapshot, list_snapshots, register, staging_folder
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
-from train.dpo import RUN_FILE, _maybe, _remove_tree, find_run, use_bf16
+from train.common import load_tokenizer, lora_config, trainer_arguments
+from train.dpo import RUN_FILE, _maybe, _remove_tree, find_run
 
 STAGE = "train.sft"
 CODE_VERSION = 1
@@ -134,46 +133,19 @@ def _record_run(store: Store, run_id: str, data_versions: list[str], base: Snaps
 
 def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
     """Run TRL's SFTTrainer (completion-only loss) and save the model (LoRA merged) to `output`; return metrics."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
     from builder.progress import quiet_libraries
 
     quiet_libraries()
-    bf16 = use_bf16(cfg)  # type: ignore[arg-type]  # reads only .bf16
-    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
-    accumulation = max(1, math.ceil(cfg.global_batch / (cfg.per_device_batch * world)))
-    fields = {f.name for f in dataclasses.fields(TrlSFTConfig)}
-    warmup = {"warmup_ratio": cfg.warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": cfg.warmup_ratio}
     args = TrlSFTConfig(
-        output_dir=str(output / "_trainer"),
-        **warmup,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.per_device_batch,
-        gradient_accumulation_steps=accumulation,
-        lr_scheduler_type=cfg.lr_scheduler,
-        max_length=cfg.max_length,
+        **trainer_arguments(TrlSFTConfig, cfg, output),
         completion_only_loss=True,  # the prompt (and the judge rubric) carries no loss
-        bf16=bf16,
-        seed=cfg.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    peft_config = None
-    if cfg.lora_r > 0:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+    tokenizer = load_tokenizer(model_folder)
+    peft_config = lora_config(cfg)
     trainer = SFTTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)
