@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,22 @@ def lora_config(cfg: Any):
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: Path):
+    """Train, merge LoRA, and save model and tokenizer to `output`; returns TRL's TrainOutput.
+
+    Snapshots keep the start model's storage dtype (bf16 for the embedded default), whatever trained them.
+    """
+    from transformers import AutoModelForCausalLM, PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # metrics go to the run record, not one dict per step on stdout
+    result = trainer.train()
+    model = trainer.model
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    saved_dtype = AutoModelForCausalLM.from_pretrained(model_folder, dtype="auto").dtype
+    model.to(saved_dtype).save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    shutil.rmtree(output / "_trainer", ignore_errors=True)
+    return result

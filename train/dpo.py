@@ -35,7 +35,7 @@ from builder.snapshot import (
 )
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
-from train.common import load_tokenizer, lora_config, trainer_arguments
+from train.common import load_tokenizer, lora_config, train_and_save, trainer_arguments
 
 STAGE = "train.dpo"
 CODE_VERSION = 1
@@ -128,7 +128,6 @@ def _record_run(store: Store, run_id: str, pair_version: str, start: Snapshot, o
 
 def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
     """Run TRL's DPOTrainer and save the trained model (LoRA merged) to `output`. Returns the final metrics."""
-    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     from builder.progress import quiet_libraries
@@ -143,17 +142,7 @@ def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
     # Passing the folder (not a model object) makes TRL load the frozen reference from the same weights.
     trainer = DPOTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    trainer.remove_callback(PrinterCallback)  # metrics go to the run record, not one dict per step on stdout
-    result = trainer.train()
-    model = trainer.model
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    # Snapshots keep the start model's storage dtype (bf16 for the embedded default), whatever trained them.
-    saved_dtype = AutoModelForCausalLM.from_pretrained(model_folder, dtype="auto").dtype
-    model = model.to(saved_dtype)
-    model.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
-    _remove_tree(output / "_trainer")
+    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output)
     return _final_metrics(trainer.state.log_history, result.training_loss, len(dataset))
 
 
@@ -179,12 +168,6 @@ def _mean(values: list) -> float | None:
 
 def _maybe(value) -> float | None:
     return None if value is None else round(float(value), 6)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -31,8 +31,8 @@ from builder.judging import template_hash
 from builder.snapshot import Snapshot, adopt_folder, get_snapshot, list_snapshots, register, staging_folder
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
-from train.common import load_tokenizer, lora_config, trainer_arguments
-from train.dpo import RUN_FILE, _maybe, _remove_tree, find_run
+from train.common import load_tokenizer, lora_config, train_and_save, trainer_arguments
+from train.dpo import RUN_FILE, _maybe, find_run
 
 STAGE = "train.sft"
 CODE_VERSION = 1
@@ -133,7 +133,6 @@ def _record_run(store: Store, run_id: str, data_versions: list[str], base: Snaps
 
 def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
     """Run TRL's SFTTrainer (completion-only loss) and save the model (LoRA merged) to `output`; return metrics."""
-    from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
@@ -148,16 +147,7 @@ def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
     peft_config = lora_config(cfg)
     trainer = SFTTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    trainer.remove_callback(PrinterCallback)
-    result = trainer.train()
-    model = trainer.model
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    saved_dtype = AutoModelForCausalLM.from_pretrained(model_folder, dtype="auto").dtype
-    model = model.to(saved_dtype)
-    model.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
-    _remove_tree(output / "_trainer")
+    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output)
     steps = [h for h in trainer.state.log_history if "loss" in h]
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     return {
