@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from builder.errors import TsrError
 from builder.fingerprint import content_hash, stage_fingerprint
+from builder.readers import jsonl_records, read_utf8
 from builder.store import Manifest, Store
 from schemas.tables import PROMPTS
 
@@ -64,14 +64,7 @@ def read_texts(path: Path, text_column: str | None = None) -> list[str]:
     if suffix == ".parquet":
         rows = _read_parquet(path, text_column)
     else:
-        raw = path.read_bytes()
-        if not raw.strip():
-            raise TsrError(f"{path}: file is empty")
-        try:
-            content = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise TsrError(f"{path}: line {line}: not UTF-8 text (byte {exc.start})") from None
+        content = read_utf8(path)
         if suffix in (".jsonl", ".ndjson", ".json"):
             rows = _read_jsonl(path, content, text_column)
         elif suffix in (".csv", ".tsv"):
@@ -107,15 +100,7 @@ def _check_text(path: Path, where: str, column: str, value: object) -> str:
 def _read_jsonl(path: Path, content: str, text_column: str | None) -> list[str]:
     texts: list[str] = []
     column = None
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TsrError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise TsrError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
+    for number, record in jsonl_records(path, content):
         if column is None:
             column = _pick_column(path, list(record), text_column)
         if column not in record:

@@ -15,7 +15,6 @@ the same content again is a no-op.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +28,7 @@ from builder import judging
 from builder.backends.base import SCORE_PREFIX
 from builder.errors import TsrError
 from builder.fingerprint import content_hash, stage_fingerprint
+from builder.readers import jsonl_records, read_utf8
 from builder.store import Manifest, Store
 from schemas.tables import EFT, IFT
 
@@ -81,24 +81,7 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise TsrError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
         records = [(f"row {i + 1}", row) for i, row in enumerate(rows)]
     elif suffix in (".jsonl", ".ndjson", ".json"):
-        raw = path.read_bytes()
-        if not raw.strip():
-            raise TsrError(f"{path}: file is empty")
-        try:
-            content = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise TsrError(f"{path}: line {line}: not UTF-8 text (byte {exc.start})") from None
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TsrError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise TsrError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
-            records.append((f"line {number}", record))
+        records = [(f"line {number}", record) for number, record in jsonl_records(path, read_utf8(path))]
     else:
         raise TsrError(f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl or .parquet")
     if not records:
