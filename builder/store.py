@@ -322,7 +322,7 @@ class Store:
         for part in parts:
             try:
                 tables.append(check_table(pq.read_table(part), table))
-            except Exception:  # a batch torn by a crash mid-rename cannot exist, but a disk error can
+            except (OSError, pa.ArrowException, TsrError):  # a torn batch cannot exist, a disk error can
                 part.unlink()
         if not tables:
             return TABLES[table].empty_table()

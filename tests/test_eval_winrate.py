@@ -69,6 +69,8 @@ def test_both_orders_cancel_position_bias_and_rates_are_exact(data_root):
     assert s["score"] == pytest.approx(4.5 / 6)
     # mean lengths in completion tokens (the scripted model counts words): A 3,3,3,3,2,2 and B 2,2,2,2,3,3
     assert s["mean_tokens_a"] == pytest.approx(16 / 6) and s["mean_tokens_b"] == pytest.approx(14 / 6)
+    # P(response 1 better): 0.5 where content decides (q0-q3, q5), 0.75 where position does (q4)
+    assert s["position_1_preference"] == pytest.approx((5 * 0.5 + 0.75) / 6)
 
     # every pair was judged twice, A first then A second, and each order saw the two answers swapped
     assert len(judge.prob_texts) == 12
@@ -131,6 +133,7 @@ def test_reward_judge_compares_rewards(data_root):
     # A is longer on q0..q3 (3 vs 2 words), shorter on q4 and q5 (2 vs 3)
     assert [outcomes[prompt_id(p)] for p in CASES] == ["win"] * 4 + ["loss"] * 2
     assert result.summary["win_rate"] == 4 / 6 and result.summary["tie_rate"] == 0
+    assert "position_1_preference" not in result.summary
 
 
 @pytest.fixture(scope="module")

@@ -157,17 +157,17 @@ def test_sigkill_during_import_keeps_the_old_store_and_a_rerun_completes(point, 
     first = _jsonl(tmp_path / "first.jsonl", ["Old prompt one", "Old prompt two"])
     second = _jsonl(tmp_path / "second.jsonl", [f"New prompt {i}" for i in range(500)])
     tsr_cmd = [sys.executable, "-m", "builder", "prompts", "import"]
-    ok = subprocess.run([*tsr_cmd, str(first), "--chunks", "1"], env=tsr_env(data_root), capture_output=True)
+    ok = subprocess.run([*tsr_cmd, str(first), "--chunks", "1"], env=tsr_env(data_root), capture_output=True, check=False)
     assert ok.returncode == 0, ok.stderr
 
     killed = subprocess.run([*tsr_cmd, str(second)], env=tsr_env(data_root, TSR_CRASH_AT=point),
-                            capture_output=True)
+                            capture_output=True, check=False)
     assert killed.returncode == -9
     store = Store.open(data_root)
     assert store.read("prompts").num_rows == 2  # the old version, whole; nothing of the killed one
     assert len(store.manifests()) == 1
 
-    rerun = subprocess.run([*tsr_cmd, str(second)], env=tsr_env(data_root), capture_output=True, text=True)
+    rerun = subprocess.run([*tsr_cmd, str(second)], env=tsr_env(data_root), capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr
     assert "500 prompts" in rerun.stdout and "no-op" not in rerun.stdout
     store = Store.open(data_root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -255,6 +256,50 @@ def test_sft_trains_registers_lineage_and_is_idempotent(tsr, tmp_path, data_root
     assert set(pl.from_arrow(store.read("generations"))["snapshot_id"]) == {sft.snapshot_id}
 
 
+def _sft_inputs(tsr, tmp_path) -> list[str]:
+    """A tiny base model and IFT/EFT sets in the store; returns the `tsr sft` arguments that train on them."""
+    model = make_tiny_model(tmp_path / "tiny")
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(TINY_SFT_PROFILE)
+    template = tmp_path / "short.txt"
+    template.write_text(SHORT_TEMPLATE)
+    tsr("models", "add", str(model), "--name", "base", "--role", "external")
+    tsr("ift", "import", str(_jsonl(tmp_path / "ift.jsonl", [{"prompt": "Say hi.", "response": "hi!"}])))
+    tsr("eft", "import", str(_jsonl(tmp_path / "eft.jsonl", [
+        {"prompt": "Capital of France?", "response": "Paris.", "justification": "Correct.", "score": 5}])))
+    return ["sft", "--base", "base", "--profile", str(profile), "--template", str(template), "--name", "M0-sft"]
+
+
+@pytest.mark.parametrize("point", [
+    "train.before-run-record",  # the SFT model is registered, its run row is not
+    "snapshot.before-register",  # the model folder is in the store, not registered
+    "store.before-manifest#2",  # the snapshot row's data file is written, its manifest is not
+])
+def test_sigkill_during_sft_then_rerun_finishes_the_same_run(point, tsr, tmp_path, data_root):
+    import subprocess
+    import sys
+
+    from tests.conftest import tsr_env
+
+    args = _sft_inputs(tsr, tmp_path)
+    before = {m.version for m in Store.open(data_root).manifests()}
+    command = [sys.executable, "-m", "builder", *args]
+    killed = subprocess.run(command, env=tsr_env(data_root, TSR_CRASH_AT=point), capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert before <= {m.version for m in Store.open(data_root).manifests()}  # nothing materialized was lost
+    resumed = subprocess.run(command, env=tsr_env(data_root), capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    store = Store.open(data_root)
+    sft = get_snapshot(store, "M0-sft")
+    (run,) = store.read("runs").to_pylist()
+    assert run["run_id"] == sft.run_id and run["output_snapshot_id"] == sft.snapshot_id
+    assert {s.name for s in list_snapshots(store)} == {"base", "M0-sft"}
+    assert {p.name for p in (data_root / "snapshots").iterdir()} == {s.snapshot_id for s in list_snapshots(store)}
+    assert "already trained (no-op)" in tsr(*args).output
+
+
 def test_sft_flag_errors(tsr):
     assert "--no-ift and --no-eft" in tsr("sft", "--no-ift", "--no-eft", expect=1).output
 
@@ -265,3 +310,22 @@ def test_profiles_carry_the_paper_sft_settings():
         3, 2e-6, 32, "cosine", 0.1)
     demo = load_profile("cpu-demo").sft
     assert demo.bf16 == "false" and demo.epochs == 1
+    # the recompute of gradient checkpointing (TRL's default) saves no needed memory on the CPU demo's 135M model
+    assert demo.gradient_checkpointing is False and load_profile("cpu-demo").train.gradient_checkpointing is False
+    assert paper.gradient_checkpointing is True
+
+
+def test_training_knobs_reach_trl_and_bad_values_fail(tmp_path):
+    from trl import SFTConfig as TrlSFTConfig
+
+    from builder.errors import TsrError
+    from train.common import trainer_arguments
+
+    arguments = trainer_arguments(TrlSFTConfig, load_profile("cpu-demo").sft, tmp_path)
+    assert arguments["gradient_checkpointing"] is False and arguments["per_device_train_batch_size"] == 1
+    assert arguments["gradient_accumulation_steps"] == 8  # global batch 8 on one process
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft: {gradient_checkpointing: sometimes}\n")
+    message = f"profile {bad}: sft.gradient_checkpointing must be true or false, got 'sometimes'"
+    with pytest.raises(TsrError, match=re.escape(message)):
+        load_profile(str(bad))

@@ -129,10 +129,8 @@ def test_staged_batches_survive_until_cleared(data_root):
 
 def test_only_one_writer_at_a_time(data_root):
     store = Store.open(data_root, create=True)
-    with store.writing():
-        with pytest.raises(TsrError, match="another tsr process"):
-            with Store.open(data_root).writing():
-                pass
+    with store.writing(), pytest.raises(TsrError, match="another tsr process"), Store.open(data_root).writing():
+        pass
 
 
 def test_find_version_by_prefix(data_root):

@@ -41,6 +41,7 @@ def trainer_arguments(config_class: type, cfg: Any, output: Path) -> dict[str, A
         "lr_scheduler_type": cfg.lr_scheduler,
         "max_length": cfg.max_length,
         "bf16": bf16,  # TRL defaults to bf16=True, which fails on CPUs
+        "gradient_checkpointing": cfg.gradient_checkpointing,  # TRL defaults to True
         "seed": cfg.seed,
         "logging_steps": 1,
         "save_strategy": "no",

@@ -15,7 +15,8 @@ outcome: "win" when both orders prefer A (> 0.5), "loss" when both prefer B (< 0
 changed its mind with the order, or was indifferent): a judge that always picks the first position yields only
 ties. preference = the mean of the two orders. The summary gives win, tie and loss rates and the score
 (win + tie / 2), each with a percentile bootstrap 95% interval over prompts, and the mean response lengths of both
-sides, since length is the known confounder of LLM judges.
+sides, since length is the known confounder of LLM judges, and the judge's position bias: its mean P(response 1 is
+better) over both orders, 0.5 for an unbiased judge.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def summarize(rows: pl.DataFrame, *, resamples: int, seed: int) -> dict[str, Any
     summary["mean_tokens_a"] = float(rows["completion_tokens"].mean())
     summary["mean_tokens_b"] = float(rows["other_completion_tokens"].mean())
     summary["mean_preference"] = float(rows["preference"].mean())
+    # P(response 1 is better) over both orders, whatever it holds: 0.5 for a judge without position bias.
+    summary["position_1_preference"] = float(((rows["pref_a_first"] + 1 - rows["pref_a_second"]) / 2).mean())
     return summary
 
 
@@ -271,6 +274,8 @@ def winrate(
     order = {eid: i for i, eid in enumerate(wanted["eval_id"].to_list())}
     table = table.unique("eval_id").sort(pl.col("eval_id").replace_strict(order, return_dtype=pl.Int64))
     summary = summarize(table, resamples=resamples, seed=bootstrap_seed)
+    if reward:
+        del summary["position_1_preference"]  # a reward model sees one answer at a time: it has no position
     summary.update(judged=missing.height, reused=wanted.height - missing.height,
                    seconds=round(time.monotonic() - started, 3), judge_mode=settings["mode"])
     store.write_version(
