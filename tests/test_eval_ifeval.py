@@ -4,6 +4,7 @@ NLTK Punkt route, input errors, caching, and the stored rows."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -123,3 +124,21 @@ def test_bad_rows_are_one_line_errors(tmp_path, line, message):
     path.write_text(line + "\n")
     with pytest.raises(TsrError, match=message):
         read_ifeval(path)
+
+
+def test_the_shipped_sample_is_valid_for_every_checker(data_root):
+    """`make eval`'s default file: 32 rows, 47 instructions, and every checker accepts its kwargs."""
+    from importlib import resources
+
+    from builder.evals.ifeval import prepare_checkers
+
+    prepare_checkers(Store.open(data_root, create=True))
+    rows = read_ifeval(Path(str(resources.files("builder") / "data" / "ifeval_sample.jsonl")))
+    assert len(rows) == 32 and sum(len(r.instruction_ids) for r in rows) == 47
+    reply = "Hello world. This reply follows some instructions by chance and most not at all."
+    followed = 0
+    for row in rows:
+        check = check_response(row, reply)  # a checker rejecting its kwargs raises here
+        assert len(check.strict) == len(row.instruction_ids), row.key
+        followed += sum(check.strict)
+    assert 0 < followed < 47  # the checkers ran and judged: some instructions pass by chance, most fail

@@ -200,24 +200,28 @@ def test_eft_build_cli_errors(tsr, judged_store, tmp_path):
     assert "expected a 'rank'" in tsr("eft", "build", "--judge", "x", "--reference", str(bad), expect=1).output
 
 
-def test_sft_trains_registers_lineage_and_is_idempotent(tsr, tmp_path, data_root):
+def _sft_inputs(tsr, tmp_path, words=("hi",), judged=(("Paris.", "Correct.", 5),)) -> list[str]:
+    """A tiny base model and IFT/EFT sets in the store; returns the `tsr sft` arguments that train on them."""
     model = make_tiny_model(tmp_path / "tiny")
     profile = tmp_path / "tiny.yaml"
     profile.write_text(TINY_SFT_PROFILE)
     template = tmp_path / "short.txt"
     template.write_text(SHORT_TEMPLATE)
     tsr("models", "add", str(model), "--name", "base", "--role", "external")
-    ift = _jsonl(tmp_path / "ift.jsonl", [{"prompt": f"Say {w}.", "response": f"{w}!"} for w in ("hi", "yes", "no")])
-    eft = _jsonl(tmp_path / "eft.jsonl", [
-        {"prompt": "Capital of France?", "response": r, "justification": j, "score": s}
-        for r, j, s in [("Paris.", "Correct.", 5), ("Rome.", "Wrong city.", 1), ("A city.", "Vague.", 2)]])
-    tsr("ift", "import", str(ift))
-    tsr("eft", "import", str(eft))
+    tsr("ift", "import", str(_jsonl(tmp_path / "ift.jsonl", [{"prompt": f"Say {w}.", "response": f"{w}!"}
+                                                                for w in words])))
+    tsr("eft", "import", str(_jsonl(tmp_path / "eft.jsonl", [
+        {"prompt": "Capital of France?", "response": r, "justification": j, "score": s} for r, j, s in judged])))
+    return ["sft", "--base", "base", "--profile", str(profile), "--template", str(template), "--name", "M0-sft"]
+
+
+def test_sft_trains_registers_lineage_and_is_idempotent(tsr, tmp_path, data_root):
+    common = _sft_inputs(tsr, tmp_path, words=("hi", "yes", "no"),
+                         judged=[("Paris.", "Correct.", 5), ("Rome.", "Wrong city.", 1), ("A city.", "Vague.", 2)])
     store = Store.open(data_root)
     (ift_set,), (eft_set,) = store.manifests(table="ift"), store.manifests(table="eft")
 
-    args = ["sft", "--base", "base", "--ift", ift_set.version[:10], "--eft", eft_set.version[:10], "--profile",
-            str(profile), "--template", str(template), "--name", "M0-sft"]
+    args = [*common, "--ift", ift_set.version[:10], "--eft", eft_set.version[:10]]
     out = tsr(*args).output
     assert "trained by run" in out
     store = Store.open(data_root)
@@ -254,20 +258,6 @@ def test_sft_trains_registers_lineage_and_is_idempotent(tsr, tmp_path, data_root
     (pairs,) = store.manifests(table="pairs")
     assert pairs.config["policy"] == sft.snapshot_id
     assert set(pl.from_arrow(store.read("generations"))["snapshot_id"]) == {sft.snapshot_id}
-
-
-def _sft_inputs(tsr, tmp_path) -> list[str]:
-    """A tiny base model and IFT/EFT sets in the store; returns the `tsr sft` arguments that train on them."""
-    model = make_tiny_model(tmp_path / "tiny")
-    profile = tmp_path / "tiny.yaml"
-    profile.write_text(TINY_SFT_PROFILE)
-    template = tmp_path / "short.txt"
-    template.write_text(SHORT_TEMPLATE)
-    tsr("models", "add", str(model), "--name", "base", "--role", "external")
-    tsr("ift", "import", str(_jsonl(tmp_path / "ift.jsonl", [{"prompt": "Say hi.", "response": "hi!"}])))
-    tsr("eft", "import", str(_jsonl(tmp_path / "eft.jsonl", [
-        {"prompt": "Capital of France?", "response": "Paris.", "justification": "Correct.", "score": 5}])))
-    return ["sft", "--base", "base", "--profile", str(profile), "--template", str(template), "--name", "M0-sft"]
 
 
 @pytest.mark.parametrize("point", [
