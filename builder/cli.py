@@ -740,7 +740,7 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
     click.echo(f"  mean length: A {s['mean_tokens_a']:.1f} tokens, B {s['mean_tokens_b']:.1f} tokens")
     if "position_1_preference" in s:  # LLM judges only (and versions written before it was recorded lack it)
         click.echo(f"  position bias: the judge gives response 1 P = {s['position_1_preference']:.3f} on average "
-                   f"(0.5 = none; both orders cancel it, turning its verdicts into ties)")
+                   f"(0.5 = none; judging both orders cancels it)")
 
 
 @eval_group.command(name="ifeval")
