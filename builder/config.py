@@ -76,10 +76,7 @@ class TrainConfig:
                                                "compute (TRL's default; off pays on a small model)")
 
     def __post_init__(self) -> None:
-        _check(self.global_batch >= 1 and self.per_device_batch >= 1, "train batch sizes must be at least 1")
-        _check(self.bf16 in ("auto", "true", "false"), f"train.bf16 must be auto, true or false, got {self.bf16}")
-        _check(isinstance(self.gradient_checkpointing, bool),
-               f"train.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        _check_trainer(self, "train")
 
 
 @dataclass
@@ -100,13 +97,18 @@ class SFTConfig:
                                                "compute (TRL's default; off pays on a small model)")
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, f"sft.learning_rate must be > 0, got {self.learning_rate}")
-        _check(self.epochs > 0, f"sft.epochs must be > 0, got {self.epochs}")
-        _check(self.global_batch >= 1 and self.per_device_batch >= 1, "sft batch sizes must be at least 1")
-        _check(0 <= self.warmup_ratio < 1, f"sft.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.bf16 in ("auto", "true", "false"), f"sft.bf16 must be auto, true or false, got {self.bf16}")
-        _check(isinstance(self.gradient_checkpointing, bool),
-               f"sft.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        _check_trainer(self, "sft")
+
+
+def _check_trainer(cfg: TrainConfig | SFTConfig, section: str) -> None:
+    """The checks both trainers' settings share (the same TRL arguments come from them: train/common.py)."""
+    _check(cfg.learning_rate > 0, f"{section}.learning_rate must be > 0, got {cfg.learning_rate}")
+    _check(cfg.epochs > 0, f"{section}.epochs must be > 0, got {cfg.epochs}")
+    _check(cfg.global_batch >= 1 and cfg.per_device_batch >= 1, f"{section} batch sizes must be at least 1")
+    _check(0 <= cfg.warmup_ratio < 1, f"{section}.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    _check(cfg.bf16 in ("auto", "true", "false"), f"{section}.bf16 must be auto, true or false, got {cfg.bf16}")
+    _check(isinstance(cfg.gradient_checkpointing, bool),
+           f"{section}.gradient_checkpointing must be true or false, got {cfg.gradient_checkpointing!r}")
 
 
 @dataclass

@@ -319,3 +319,7 @@ def test_training_knobs_reach_trl_and_bad_values_fail(tmp_path):
     message = f"profile {bad}: sft.gradient_checkpointing must be true or false, got 'sometimes'"
     with pytest.raises(TsrError, match=re.escape(message)):
         load_profile(str(bad))
+    # DPO's settings go through the same checks
+    bad.write_text("train: {warmup_ratio: 1.5}\n")
+    with pytest.raises(TsrError, match=re.escape(f"profile {bad}: train.warmup_ratio must be in [0, 1), got 1.5")):
+        load_profile(str(bad))

@@ -1,4 +1,5 @@
-"""What the DPO and SFT trainers share: TRL config arguments, the tokenizer and the optional LoRA adapter.
+"""What the DPO and SFT trainers share: TRL config arguments, the tokenizer, the optional LoRA adapter, and the
+bookkeeping that makes a training run idempotent and recoverable after a kill.
 
 torch, transformers and peft are imported inside the functions, so importing this module stays cheap.
 """
@@ -6,10 +7,52 @@ torch, transformers and peft are imported inside the functions, so importing thi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from builder.snapshot import Snapshot, get_snapshot, list_snapshots
+from builder.store import Store
+
+RUN_FILE = "tsr_training.json"  # written into the model folder, so a snapshot carries the run that made it
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    snapshot: Snapshot
+    metrics: dict
+    seconds: float
+    recorded: bool  # False: the model was registered but the process died before the run row was written
+
+
+def finished_run(store: Store, run_id: str) -> FinishedRun | None:
+    """The output of a run trained before, or None.
+
+    Found through its row in `runs`, or, after a kill between registering the model and recording the run, through
+    the registered snapshot that names the run (its folder's run file holds the metrics); the caller then writes the
+    missing row.
+    """
+    for row in store.read("runs").to_pylist():
+        if row["run_id"] == run_id:
+            return FinishedRun(get_snapshot(store, row["output_snapshot_id"]), json.loads(row["metrics_json"]),
+                               row["seconds"], recorded=True)
+    for snapshot in list_snapshots(store):
+        if snapshot.run_id == run_id:
+            record = json.loads((Path(snapshot.folder(store)) / RUN_FILE).read_text("utf-8"))
+            return FinishedRun(snapshot, record["metrics"], record["seconds"], recorded=False)
+    return None
+
+
+def write_run_file(folder: Path, record: dict) -> None:
+    (folder / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True), "utf-8")
+
+
+def rounded(value) -> float | None:
+    """A logged metric as a float with 6 decimals (None stays None), so run records compare across runs."""
+    return None if value is None else round(float(value), 6)
 
 
 def use_bf16(cfg: Any) -> bool:

@@ -25,21 +25,21 @@ from builder.config import TrainConfig, load_profile, result_fields
 from builder.errors import TsrError
 from builder.faults import crash_point
 from builder.fingerprint import canonical_json, stage_fingerprint
-from builder.snapshot import (
-    Snapshot,
-    adopt_folder,
-    get_snapshot,
-    list_snapshots,
-    register,
-    staging_folder,
-)
+from builder.snapshot import Snapshot, adopt_folder, get_snapshot, register, staging_folder
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
-from train.common import load_tokenizer, lora_config, train_and_save, trainer_arguments
+from train.common import (
+    finished_run,
+    load_tokenizer,
+    lora_config,
+    rounded,
+    train_and_save,
+    trainer_arguments,
+    write_run_file,
+)
 
 STAGE = "train.dpo"
 CODE_VERSION = 1
-RUN_FILE = "tsr_training.json"  # written into the model folder, so a snapshot carries the run that made it
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,6 @@ def run_id_for(pair_version: str, start_snapshot_id: str, cfg: TrainConfig) -> s
     return stage_fingerprint(STAGE, CODE_VERSION, result_fields(cfg), [pair_version], start_snapshot_id)
 
 
-def find_run(store: Store, run_id: str) -> dict | None:
-    runs = store.read("runs")
-    matches = [row for row in runs.to_pylist() if row["run_id"] == run_id]
-    return matches[0] if matches else None
-
-
 def train_dpo(
     store: Store,
     pair_version: str,
@@ -72,16 +66,12 @@ def train_dpo(
 ) -> TrainResult:
     """Train `start` on a pair version with DPO (reference = `start`), register the result, return it."""
     run_id = run_id_for(pair_version, start.snapshot_id, cfg)
-    run = find_run(store, run_id)
-    if run is not None:
-        return TrainResult(get_snapshot(store, run["output_snapshot_id"]), run_id,
-                           json.loads(run["metrics_json"]), trained=False)
-    # A kill between registering the snapshot and recording the run: the snapshot names its run.
-    done = [s for s in list_snapshots(store) if s.run_id == run_id]
-    if done:
-        record = json.loads((Path(done[0].folder(store)) / RUN_FILE).read_text("utf-8"))
-        _record_run(store, run_id, pair_version, start, done[0], cfg, record["metrics"], record["seconds"])
-        return TrainResult(done[0], run_id, record["metrics"], trained=False)
+    finished = finished_run(store, run_id)
+    if finished is not None:
+        if not finished.recorded:
+            _record_run(store, run_id, pair_version, start, finished.snapshot, cfg, finished.metrics,
+                        finished.seconds)
+        return TrainResult(finished.snapshot, run_id, finished.metrics, trained=False)
 
     from train.data import load_pairs
 
@@ -96,11 +86,8 @@ def train_dpo(
     staged = staging_folder(store)
     metrics = _fit(start.folder(store), dataset, cfg, staged)
     seconds = round(time.monotonic() - started, 3)
-    (staged / RUN_FILE).write_text(
-        json.dumps({"run_id": run_id, "pair_version": pair_version, "start_snapshot_id": start.snapshot_id,
-                    "config": result_fields(cfg), "metrics": metrics, "seconds": seconds}, indent=2, sort_keys=True),
-        "utf-8",
-    )
+    write_run_file(staged, {"run_id": run_id, "pair_version": pair_version, "start_snapshot_id": start.snapshot_id,
+                            "config": result_fields(cfg), "metrics": metrics, "seconds": seconds})
     snapshot_id = adopt_folder(store, staged)
     snapshot = register(store, Snapshot(
         snapshot_id, name or f"{start.name}+dpo", role, path=f"snapshots/{snapshot_id}",
@@ -153,21 +140,17 @@ def _final_metrics(history: list[dict], training_loss: float, pairs: int) -> dic
         "pairs": pairs,
         "steps": len(steps),
         "train_loss": round(float(training_loss), 6),
-        "loss": _maybe(last.get("loss")),
-        "rewards/margins": _maybe(last.get("rewards/margins")),
-        "rewards/accuracies": _maybe(last.get("rewards/accuracies")),
-        "mean_rewards/margins": _maybe(_mean([h.get("rewards/margins") for h in steps])),
-        "mean_rewards/accuracies": _maybe(_mean([h.get("rewards/accuracies") for h in steps])),
+        "loss": rounded(last.get("loss")),
+        "rewards/margins": rounded(last.get("rewards/margins")),
+        "rewards/accuracies": rounded(last.get("rewards/accuracies")),
+        "mean_rewards/margins": rounded(_mean([h.get("rewards/margins") for h in steps])),
+        "mean_rewards/accuracies": rounded(_mean([h.get("rewards/accuracies") for h in steps])),
     }
 
 
 def _mean(values: list) -> float | None:
     present = [float(v) for v in values if v is not None]
     return sum(present) / len(present) if present else None
-
-
-def _maybe(value) -> float | None:
-    return None if value is None else round(float(value), 6)
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

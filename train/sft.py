@@ -28,11 +28,18 @@ from builder.errors import TsrError
 from builder.faults import crash_point
 from builder.fingerprint import canonical_json, stage_fingerprint
 from builder.judging import template_hash
-from builder.snapshot import Snapshot, adopt_folder, get_snapshot, list_snapshots, register, staging_folder
+from builder.snapshot import Snapshot, adopt_folder, get_snapshot, register, staging_folder
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
-from train.common import load_tokenizer, lora_config, train_and_save, trainer_arguments
-from train.dpo import RUN_FILE, _maybe, find_run
+from train.common import (
+    finished_run,
+    load_tokenizer,
+    lora_config,
+    rounded,
+    train_and_save,
+    trainer_arguments,
+    write_run_file,
+)
 
 STAGE = "train.sft"
 CODE_VERSION = 1
@@ -72,16 +79,12 @@ def train_sft(
     if not data_versions:
         raise TsrError("SFT needs an IFT set, an EFT set or both")
     run_id = run_id_for(data_versions, base.snapshot_id, cfg, template)
-    run = find_run(store, run_id)
-    if run is not None:
-        return SFTResult(get_snapshot(store, run["output_snapshot_id"]), run_id, json.loads(run["metrics_json"]),
-                         trained=False)
-    # A kill between registering the snapshot and recording the run: the snapshot names its run.
-    done = [s for s in list_snapshots(store) if s.run_id == run_id]
-    if done:
-        record = json.loads((Path(done[0].folder(store)) / RUN_FILE).read_text("utf-8"))
-        _record_run(store, run_id, data_versions, base, done[0], cfg, template, record["metrics"], record["seconds"])
-        return SFTResult(done[0], run_id, record["metrics"], trained=False)
+    finished = finished_run(store, run_id)
+    if finished is not None:
+        if not finished.recorded:
+            _record_run(store, run_id, data_versions, base, finished.snapshot, cfg, template, finished.metrics,
+                        finished.seconds)
+        return SFTResult(finished.snapshot, run_id, finished.metrics, trained=False)
 
     from datasets import Dataset
 
@@ -93,12 +96,9 @@ def train_sft(
     metrics = _fit(base.folder(store), Dataset.from_list(examples), cfg, staged)
     metrics = {"ift_examples": _rows(store, ift_version), "eft_examples": _rows(store, eft_version), **metrics}
     seconds = round(time.monotonic() - started, 3)
-    (staged / RUN_FILE).write_text(
-        json.dumps({"run_id": run_id, "kind": "sft", "data_versions": data_versions,
-                    "start_snapshot_id": base.snapshot_id, "config": run_config(cfg, template), "metrics": metrics,
-                    "seconds": seconds}, indent=2, sort_keys=True),
-        "utf-8",
-    )
+    write_run_file(staged, {"run_id": run_id, "kind": "sft", "data_versions": data_versions,
+                            "start_snapshot_id": base.snapshot_id, "config": run_config(cfg, template),
+                            "metrics": metrics, "seconds": seconds})
     snapshot_id = adopt_folder(store, staged)
     # pair_version stays null (no pairs trained it); the run the snapshot names holds both data versions and the
     # config, and the model folder's tsr_training.json carries the same record.
@@ -154,9 +154,9 @@ def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
         "examples": len(dataset),
         "steps": len(steps),
         "train_loss": round(float(result.training_loss), 6),
-        "first_loss": _maybe(first.get("loss")),
-        "loss": _maybe(last.get("loss")),
-        "mean_token_accuracy": _maybe(last.get("mean_token_accuracy")),
+        "first_loss": rounded(first.get("loss")),
+        "loss": rounded(last.get("loss")),
+        "mean_token_accuracy": rounded(last.get("mean_token_accuracy")),
     }
 
 
