@@ -162,3 +162,8 @@ def test_cli_winrate_on_tiny_models(tsr, tiny_models, tmp_path, data_root):
     shown = tsr("stats", "--evals").output
     assert "win / tie / loss" in shown and "winrate" in shown
     assert tsr("stats", "--evals", "--format", "csv").output.startswith("eval_version,kind")
+    report = tmp_path / "report.html"
+    tsr("report", "--out", str(report))
+    text = report.read_text("utf-8")
+    (version,) = {m.version for m in Store.open(data_root).manifests(table="evals")}
+    assert "<h2>Evaluations</h2>" in text and f">{version}<" in text and "No evaluations yet" not in text

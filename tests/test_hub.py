@@ -39,7 +39,7 @@ def hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """A store with iteration 1's tsr pairs (D1 and D2) on the tiny model, with every table filled."""
+    """A store with iteration 1's tsr pairs (D1 and D2) on the tiny model and a win rate of M_f1 against it."""
     from builder.cli import cli
 
     folder = tmp_path_factory.mktemp("source")
@@ -48,7 +48,9 @@ def source(tmp_path_factory) -> Path:
     model = make_tiny_model(folder / "tiny")
     runner = CliRunner()
     for args in (["models", "add", str(model), "--name", "tiny", "--role", "m0"],
-                 ["pairs", "--iter", "1", "--m0", "tiny", "--profile", str(profile)]):
+                 ["pairs", "--iter", "1", "--m0", "tiny", "--profile", str(profile)],
+                 ["eval", "winrate", "--a", "Mf1-tsr", "--b", "tiny", "--judge", "tiny", "--prompts", "3", "--limit",
+                  "2", "--max-new-tokens", "4", "--bootstrap", "50", "--profile", str(profile)]):
         result = runner.invoke(cli, ["--data", str(root), *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
     return root
@@ -114,7 +116,7 @@ def test_push_uploads_tables_card_manifests_and_tags(hub, source, pushed):
     configs = {c["config_name"]: c for c in yaml.safe_load(card.split("---")[1])["configs"]}
     versions = pair_versions(source)
     assert {"pairs-tsr-iter1", "pairs-tsr-iter1-d1", "prompts", "generations", "judgments", "pairs", "snapshots",
-            "runs", "stats", "versions"} == set(configs)
+            "runs", "evals", "stats", "versions"} == set(configs)
     assert configs["pairs-tsr-iter1"]["data_files"][0]["path"] == f"data/pairs-tsr-iter1/train-{versions['d2']}.parquet"
     assert configs["pairs-tsr-iter1"].get("default") is True
     # The card shows the store's plots, uploaded beside it as real PNGs.
