@@ -118,6 +118,8 @@ def test_exact_accuracies_rows_and_cache(ifeval_file, data_root):
     ('{"key": 1, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"]}', "missing kwargs"),
     ('{"key": 1, "prompt": "x", "instruction_id_list": ["punctuation:no_comma"], "kwargs": []}', "kwargs must"),
     ('not json', "invalid JSON"),
+    ('["a list"]', "line 1: expected a JSON object"),
+    ('', "file is empty"),
 ])
 def test_bad_rows_are_one_line_errors(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"

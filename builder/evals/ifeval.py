@@ -13,7 +13,6 @@ out offline (builder/evals/nltk_offline.py).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from builder.config import GenerateConfig, result_fields
 from builder.errors import TsrError
 from builder.evals.nltk_offline import INSTALL, use_offline_punkt
 from builder.fingerprint import canonical_json, content_hash, stage_fingerprint
+from builder.readers import jsonl_records, read_utf8
 from builder.stages.generate import generate
 from builder.stages.prompts import Chunking, import_prompts, prompt_id
 from builder.store import Store, now_utc
@@ -73,16 +73,8 @@ def read_ifeval(path: Path) -> list[IFEvalRow]:
     known = _registry()
     rows: list[IFEvalRow] = []
     keys: set[str] = set()
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in jsonl_records(path, read_utf8(path)):  # an empty file is an error there
         where = f"{path}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TsrError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise TsrError(f"{where}: expected a JSON object")
         missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in record]
         if missing:
             raise TsrError(f"{where}: missing {', '.join(missing)} (IFEval rows have key, prompt, "
@@ -102,8 +94,6 @@ def read_ifeval(path: Path) -> list[IFEvalRow]:
             raise TsrError(f"{where}: duplicate key {key}")
         keys.add(key)
         rows.append(IFEvalRow(key, record["prompt"], ids, kwargs))
-    if not rows:
-        raise TsrError(f"{path}: no IFEval rows")
     return rows
 
 
