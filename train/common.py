@@ -117,15 +117,33 @@ def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: P
 
     Snapshots keep the start model's storage dtype (bf16 for the embedded default), whatever trained them.
     """
-    from transformers import AutoModelForCausalLM, PrinterCallback
+    from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # metrics go to the run record, not one dict per step on stdout
     result = trainer.train()
     model = trainer.model
     if peft_config is not None:
         model = model.merge_and_unload()
-    saved_dtype = AutoModelForCausalLM.from_pretrained(model_folder, dtype="auto").dtype
-    model.to(saved_dtype).save_pretrained(output, safe_serialization=True)
+    model.to(stored_dtype(model_folder)).save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
     shutil.rmtree(output / "_trainer", ignore_errors=True)
     return result
+
+
+def stored_dtype(model_folder: str):
+    """The dtype the model's weights are stored in, read as `from_pretrained(dtype="auto")` reads it (the config's
+    dtype, else the first floating tensor's) without loading the model: at 70B a second load would cost minutes."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(model_folder), "dtype", None)
+    if dtype is not None:
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    for file in sorted(Path(model_folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor_dtype = weights.get_tensor(name).dtype
+                if tensor_dtype.is_floating_point:
+                    return tensor_dtype
+    return torch.get_default_dtype()
