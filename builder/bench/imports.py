@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "prompts.jsonl"
         rng = random.Random(0)
-        words = ["explain", "write", "compare", "list", "why", "how", "the", "a", "of", "data", "model", "river", "poem", "code", "bug", "plan"]
+        words = ["explain", "write", "compare", "list", "why", "how", "the", "a", "of", "data", "model", "river",
+                 "poem", "code", "bug", "plan"]
         with source.open("w") as handle:
             for i in range(args.lines):
                 text = " ".join(rng.choice(words) for _ in range(rng.randint(6, 30)))

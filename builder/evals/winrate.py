@@ -116,7 +116,9 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarize(rows: pl.DataFrame, *, resamples: int, seed: int) -> dict[str, Any]:
+def summarize(rows: pl.DataFrame, *, resamples: int, seed: int, positional: bool = True) -> dict[str, Any]:
+    """The summary of a win rate's rows; `positional`: the judge saw both answers in an order (an LLM judge, not a
+    reward model), so its position bias is part of it."""
     outcomes = rows["outcome"].to_list()
     intervals = bootstrap_intervals(outcomes, resamples=resamples, seed=seed)
     point = rates(outcomes)
@@ -127,8 +129,8 @@ def summarize(rows: pl.DataFrame, *, resamples: int, seed: int) -> dict[str, Any
     summary["mean_tokens_a"] = float(rows["completion_tokens"].mean())
     summary["mean_tokens_b"] = float(rows["other_completion_tokens"].mean())
     summary["mean_preference"] = float(rows["preference"].mean())
-    # P(response 1 is better) over both orders, whatever it holds: 0.5 for a judge without position bias.
-    summary["position_1_preference"] = float(((rows["pref_a_first"] + 1 - rows["pref_a_second"]) / 2).mean())
+    if positional:  # P(response 1 is better) over both orders, whatever it holds: 0.5 without position bias
+        summary["position_1_preference"] = float(((rows["pref_a_first"] + 1 - rows["pref_a_second"]) / 2).mean())
     return summary
 
 
@@ -273,9 +275,8 @@ def winrate(
     table = pl.concat([staged, reused], how="vertical_relaxed") if reused.height else staged
     order = {eid: i for i, eid in enumerate(wanted["eval_id"].to_list())}
     table = table.unique("eval_id").sort(pl.col("eval_id").replace_strict(order, return_dtype=pl.Int64))
-    summary = summarize(table, resamples=resamples, seed=bootstrap_seed)
-    if reward:
-        del summary["position_1_preference"]  # a reward model sees one answer at a time: it has no position
+    # A reward model sees one answer at a time: it has no position to be biased by.
+    summary = summarize(table, resamples=resamples, seed=bootstrap_seed, positional=not reward)
     summary.update(judged=missing.height, reused=wanted.height - missing.height,
                    seconds=round(time.monotonic() - started, 3), judge_mode=settings["mode"])
     store.write_version(
