@@ -4,6 +4,7 @@ the library modules, and heavy imports (torch, transformers, trl) happen inside 
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -13,19 +14,66 @@ from builder.errors import TsrError
 
 
 class TsrGroup(click.Group):
-    """Turns TsrError into a one-line `Error: ...` with exit status 1, never a traceback."""
+    """Turns TsrError into a one-line `Error: ...` with exit status 1, never a traceback; a usage mistake (a
+    missing option, a bad choice) is one line too, with click's exit status 2 and without the usage screen."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TsrError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    command = exc.ctx.command_path if exc.ctx is not None else "tsr"
+    # Without a context, click prints only "Error: <message>".
+    return click.UsageError(f"{' '.join(exc.format_message().split())} (see {command} --help)")
 
 
 def _store(ctx: click.Context, *, create: bool = False):
     from builder.store import Store
 
     return Store.open(ctx.obj["data"], create=create)
+
+
+# ---- numeric flags: checked while the command line is parsed, before any command body runs --------------------
+
+
+class _Range:
+    """A bad value is a one-line `Error: ...` with exit status 1 (a TsrError), not click's usage screen."""
+
+    def fail(self, message, param=None, ctx=None):
+        name = param.get_error_hint(ctx) if param is not None else "value"
+        raise TsrError(f"invalid value for {name}: {message}")
+
+
+class _IntRange(_Range, click.IntRange):
+    name = "integer"
+
+
+class _FloatRange(_Range, click.FloatRange):
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+COUNT = _IntRange(min=1)  # k, samples, chunks, batch sizes, iterations, limits: at least 1
+INDEX = _IntRange(min=0)  # sample offsets, token counts that may be 0
+SEED = _IntRange(min=0, max=2**32 - 1)
+NON_NEGATIVE = _FloatRange(min=0)  # temperatures
+TOP_P = _FloatRange(min=0, max=1, min_open=True)
 
 
 @click.group(cls=TsrGroup)
@@ -52,18 +100,18 @@ def prompts() -> None:
 @prompts.command(name="import")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--text-column", help="Column holding the prompt text (default: prompt, instruction, text, question).")
-@click.option("--chunks", type=int, help="Split into N disjoint per-iteration chunks (default 5).")
-@click.option("--chunk-size", type=int, help="Split into chunks of N prompts instead.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle before chunking.")
+@click.option("--chunks", type=COUNT, help="Split into N disjoint per-iteration chunks (default 5).")
+@click.option("--chunk-size", type=COUNT, help="Split into chunks of N prompts instead.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the shuffle before chunking.")
 @click.pass_context
 def prompts_import(ctx, file: Path, text_column, chunks, chunk_size, seed) -> None:
     """Import a JSONL, CSV or Parquet file of prompts as a new prompt-set version."""
-    from builder.stages.prompts import Chunking, import_prompts, read_texts
+    from builder.stages.prompts import Chunking, check_prompt_file, import_prompts
 
     if chunks is None and chunk_size is None:
         chunks = 5
     chunking = Chunking(chunks=chunks, chunk_size=chunk_size, seed=seed)
-    read_texts(file, text_column)  # fail on bad input before a store is created
+    check_prompt_file(file, text_column, chunking)  # fail on bad input before a store is created
     store = _store(ctx, create=True)
     with store.writing():
         manifest, created = import_prompts(store, file, text_column=text_column, chunking=chunking)
@@ -127,6 +175,10 @@ def versions() -> None:
 @click.pass_context
 def versions_list(ctx, table) -> None:
     """List every version: id, stage, table, rows, creation time."""
+    from builder.store import TABLE_DIRS
+
+    if table is not None and table not in TABLE_DIRS:
+        raise TsrError(f"--table: no table {table!r}; tables: {', '.join(TABLE_DIRS)}")
     store = _store(ctx)
     for manifest in store.manifests(table=table):
         click.echo(
@@ -136,12 +188,21 @@ def versions_list(ctx, table) -> None:
 
 
 @versions.command(name="verify")
+@click.option("--full", is_flag=True, help="Recompute every checksum, ignoring the cache of files already verified.")
 @click.pass_context
-def versions_verify(ctx) -> None:
-    """Recompute every file's sha256 and compare it with its manifest."""
+def versions_verify(ctx, full) -> None:
+    """Check every data file and model file against its manifest; list anything the store does not account for."""
     store = _store(ctx)
-    checked = store.verify(full=True)
-    click.echo(f"{checked} files match their manifests")
+    data = store.verify(full=full)
+    model_files = store.verify_models(cache={} if full else None)
+    missing = store.missing_models()
+    unknown = store.unknown_items()
+    if unknown:
+        shown = "; ".join(f"{path} ({why})" for path, why in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise TsrError(f"{len(unknown)} unknown item(s) in {store.root}, not written by tsr: {shown}{more}")
+    absent = f"; {len(missing)} snapshot(s) without weights in this store" if missing else ""
+    click.echo(f"{data + model_files} files match their manifests ({data} data, {model_files} model){absent}")
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -166,14 +227,28 @@ def models_add(ctx, source, use_default, name, role, revision) -> None:
 
     if use_default == (source is not None):
         raise TsrError("give either a model folder / hub id or --default")
+    if use_default and (name is not None or revision is not None):
+        raise TsrError("--default takes no --name or --revision (it is always SmolLM2-135M-Instruct)")
+    if name is not None:
+        name = snapshots.check_name(name)
+    # Every check runs before the store is opened: a refused model leaves no store and no file behind.
+    checked = checked_revision = None
+    target = None if use_default else snapshots.resolve_source(source)
+    if isinstance(target, Path):
+        if revision is not None:
+            raise TsrError(f"{source}: --revision applies only to a Hub model id, not a local folder")
+        checked = snapshots.check_local_model(target)
+    elif target is not None:
+        checked_revision = snapshots.check_hub_model(target, revision)
     store = _store(ctx, create=True)
     with store.writing():
         if use_default:
             snap = snapshots.add_default(store)
-        elif Path(source).exists():
-            snap = snapshots.add_local(store, Path(source), name=name, role=role)
+        elif checked is not None:
+            snap = snapshots.add_local(store, target, name=name, role=role, checked=checked)
         else:
-            snap = snapshots.add_hub(store, source, revision=revision, name=name, role=role)
+            snap = snapshots.add_hub(store, target, revision=revision, name=name, role=role,
+                                     checked_revision=checked_revision)
     click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  ({snap.role})")
 
 
@@ -200,13 +275,13 @@ def profile_option(function):
 
 def generation_options(function):
     for option in reversed([
-        click.option("-k", "k", type=int, help="Samples per prompt."),
-        click.option("--temperature", type=float),
-        click.option("--top-p", type=float),
-        click.option("--max-new-tokens", type=int),
-        click.option("--seed", type=int),
+        click.option("-k", "k", type=COUNT, help="Samples per prompt."),
+        click.option("--temperature", type=NON_NEGATIVE),
+        click.option("--top-p", type=TOP_P),
+        click.option("--max-new-tokens", type=COUNT),
+        click.option("--seed", type=SEED),
         click.option("--backend", type=click.Choice(["hf", "vllm"])),
-        click.option("--batch-size", type=int, help="Throughput only: never changes results."),
+        click.option("--batch-size", type=COUNT, help="Throughput only: never changes results."),
     ]):
         function = option(function)
     return function
@@ -215,7 +290,15 @@ def generation_options(function):
 def prompt_options(function):
     function = click.option("--prompt-set", help="Prompt-set version (default: the shipped default prompts).")(
         function)
-    return click.option("--chunk", type=int, default=1, show_default=True, help="Prompt chunk.")(function)
+    return click.option("--chunk", type=COUNT, default=1, show_default=True, help="Prompt chunk.")(function)
+
+
+def _check_chunk(settings, prompt_set: str | None, chunk: int, flag: str) -> None:
+    """With the shipped default prompts (split into the profile's loop.chunks), a chunk past the last one fails
+    before the store is touched; a given --prompt-set's chunks are checked when it is read."""
+    if prompt_set is None and chunk > settings.loop.chunks:
+        raise TsrError(f"{flag} {chunk}: the default prompts are split into {settings.loop.chunks} chunks "
+                       f"(loop.chunks of profile {settings.name})")
 
 
 def _resolve_prompt_set(store, prompt_set: str | None, chunks: int) -> str:
@@ -252,7 +335,7 @@ def _generate_chunk(store, settings, snapshot_ref: str, chunk: int, prompt_set: 
 @cli.command(name="generate")
 @click.option("--snapshot", "snapshot_ref", required=True, help="Snapshot id, prefix or name (see tsr models list).")
 @prompt_options
-@click.option("--sample-offset", type=int, default=0, show_default=True,
+@click.option("--sample-offset", type=INDEX, default=0, show_default=True,
               help="First sample index (M0's past pool uses K..2K-1).")
 @generation_options
 @profile_option
@@ -262,6 +345,7 @@ def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, profil
     from builder.config import load_profile
 
     settings = load_profile(profile, {"generate": flags})
+    _check_chunk(settings, prompt_set, chunk, "--chunk")
     store = _store(ctx, create=True)
     with store.writing():
         result, _ = _generate_chunk(store, settings, snapshot_ref, chunk, prompt_set, sample_offset)
@@ -273,12 +357,12 @@ def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, profil
 @click.option("--judge", "judge_ref", help="Judge snapshot (default: the same snapshot, i.e. self-judging); a "
               "snapshot added with --role reward judges as a reward model.")
 @prompt_options
-@click.option("--sample-offset", type=int, default=0, show_default=True)
+@click.option("--sample-offset", type=INDEX, default=0, show_default=True)
 @click.option("--mode", type=click.Choice(["generate", "forced", "auto"]))
-@click.option("--samples", type=int, help="Judge replies averaged per response.")
+@click.option("--samples", type=COUNT, help="Judge replies averaged per response.")
 @click.option("--template", type=click.Path(path_type=Path), help="Rubric template with {prompt} and {response}.")
-@click.option("--judge-max-new-tokens", type=int, help="Tokens of justification (forced mode: 0 for none).")
-@click.option("--judge-temperature", type=float, help="Sampling temperature of the justification.")
+@click.option("--judge-max-new-tokens", type=INDEX, help="Tokens of justification (forced mode: 0 for none).")
+@click.option("--judge-temperature", type=NON_NEGATIVE, help="Sampling temperature of the justification.")
 @generation_options
 @profile_option
 @click.pass_context
@@ -295,6 +379,7 @@ def judge_command(ctx, snapshot_ref, judge_ref, chunk, prompt_set, sample_offset
                    "temperature": judge_temperature}
     settings = load_profile(profile, {"generate": flags, "judge": judge_flags})
     template_text(settings.judge)  # a bad template fails before anything is generated
+    _check_chunk(settings, prompt_set, chunk, "--chunk")
     store = _store(ctx, create=True)
     with store.writing():
         generated, snap = _generate_chunk(store, settings, snapshot_ref, chunk, prompt_set, sample_offset)
@@ -437,7 +522,7 @@ def sft_command(ctx, base_ref, ift_ref, eft_ref, no_ift, no_eft, name, template,
 
 def loop_options(function):
     for option in reversed([
-        click.option("--iter", "iteration", type=int, required=True, help="Iteration N (1-based)."),
+        click.option("--iter", "iteration", type=COUNT, required=True, help="Iteration N (1-based)."),
         click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), default="tsr", show_default=True),
         click.option("--m0", "m0_ref", help="Starting snapshot M0 (default: the embedded SmolLM2-135M-Instruct)."),
         click.option("--judge", "judge_ref", help="A fixed judge snapshot instead of self-judging."),
@@ -445,6 +530,14 @@ def loop_options(function):
     ]):
         function = option(function)
     return function
+
+
+def _check_loop_inputs(settings, prompt_set: str | None, iteration: int) -> None:
+    """What the loop would trip over only after models load: the iteration's chunk and the judge's template."""
+    from builder.stages.judge import template_text
+
+    _check_chunk(settings, prompt_set, iteration, "--iter")
+    template_text(settings.judge)
 
 
 def _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set, overrides=None):
@@ -468,9 +561,11 @@ def pairs_command(ctx, iteration, method, m0_ref, judge_ref, prompt_set, profile
     """Build iteration N's preference pairs (training M_1..M_{N-1} on the way), reusing what exists."""
     import time
 
+    from builder.config import load_profile
     from builder.summary import loop_summary
 
     started = time.monotonic()
+    _check_loop_inputs(load_profile(profile), prompt_set, iteration)
     store = _store(ctx, create=True)
     with store.writing():
         store, loop = _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set)
@@ -480,7 +575,7 @@ def pairs_command(ctx, iteration, method, m0_ref, judge_ref, prompt_set, profile
 
 @cli.command(name="train")
 @click.option("--pairs", "pair_ref", help="Train on this pair version (id or prefix) instead of --iter.")
-@click.option("--iter", "iteration", type=int, help="Train M_N on iteration N's final pairs.")
+@click.option("--iter", "iteration", type=COUNT, help="Train M_N on iteration N's final pairs.")
 @click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), default="tsr", show_default=True)
 @click.option("--m0", "m0_ref")
 @click.option("--judge", "judge_ref")
@@ -495,6 +590,9 @@ def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_se
 
     if (pair_ref is None) == (iteration is None):
         raise TsrError("give either --pairs VERSION or --iter N")
+    settings = load_profile(profile)  # bad settings fail before the store is touched
+    if iteration is not None:
+        _check_loop_inputs(settings, prompt_set, iteration)
     store = _store(ctx, create=True)
     with store.writing():
         if pair_ref:
@@ -502,7 +600,7 @@ def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_se
             if manifest.table != "pairs":
                 raise TsrError(f"version {manifest.version} is a {manifest.table} version, not a pair version")
             start = get_snapshot(store, manifest.config["policy"])
-            result = train_dpo(store, manifest.version, start, load_profile(profile).train)
+            result = train_dpo(store, manifest.version, start, settings.train)
             snap, metrics = result.snapshot, result.metrics
         else:
             store, loop = _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set)
@@ -569,23 +667,32 @@ def diagnostics_options(function):
                      "so methods compare on one scale (judgments are stored and reused)."),
         click.option("--profile", default="cpu-demo", show_default=True,
                      help="Settings profile of the rescoring judge (its judge section)."),
-        click.option("--batch-size", type=int, default=16, show_default=True,
+        click.option("--batch-size", type=COUNT, default=16, show_default=True,
                      help="Texts per forward pass for --snapshot (throughput only)."),
     ]):
         function = option(function)
     return function
 
 
+def _check_rescoring_profile(judge_ref, profile) -> None:
+    """The rescoring judge's settings fail before the store is opened or anything is computed."""
+    if judge_ref is not None:
+        from builder.config import load_profile
+
+        load_profile(profile)
+
+
 def _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_ref, profile, batch_size):
     from builder import stats
 
+    _check_rescoring_profile(judge_ref, profile)
     return stats.prepare(_store(ctx), method=method, iteration=iteration, snapshot_ref=snapshot_ref,
                          text_kind=text_kind, judge_ref=judge_ref, profile=profile, batch_size=batch_size)
 
 
 @cli.command(name="stats")
 @click.option("--method", type=click.Choice(["tsr", "sr", "tsr-past"]), help="Only this method.")
-@click.option("--iter", "iteration", type=int, help="Only iteration N.")
+@click.option("--iter", "iteration", type=COUNT, help="Only iteration N.")
 @click.option("--diagnostics", is_flag=True, help="The vanishing-gap diagnostics (score gap, and with --judge / "
               "--snapshot the rescored gap and the chosen/rejected similarity) instead of the pair statistics.")
 @click.option("--evals", "show_evals", is_flag=True, help="The evaluation results (tsr eval winrate / ifeval) "
@@ -599,7 +706,11 @@ def stats_command(ctx, method, iteration, diagnostics, show_evals, snapshot_ref,
                   batch_size, fmt, out) -> None:
     """Pair statistics per method, iteration and phase (SQL: tsr sql --query pair_stats)."""
     from builder import stats
+    from builder.readers import check_output_file
 
+    if out is not None:
+        check_output_file(out)  # before anything is computed
+    _check_rescoring_profile(judge_ref, profile)
     store = _store(ctx)
     if show_evals:
         from builder.evals.summary import evals_table, terminal_table
@@ -628,7 +739,9 @@ def stats_command(ctx, method, iteration, diagnostics, show_evals, snapshot_ref,
 def plot_command(ctx, out, method, snapshot_ref, text_kind, judge_ref, profile, batch_size) -> None:
     """Write PNGs: gap and similarity per iteration (methods side by side), chosen/rejected score histograms."""
     from builder import plots
+    from builder.readers import check_output_dir
 
+    check_output_dir(out)  # before anything is computed
     prepared = _prepare_diagnostics(ctx, method, None, snapshot_ref, text_kind, judge_ref, profile, batch_size)
     written = plots.write_plots(_store(ctx), out, method=method, snapshot_id=prepared.snapshot_id,
                                 text_kind=text_kind, judge=prepared.judge)
@@ -642,8 +755,10 @@ def plot_command(ctx, out, method, snapshot_ref, text_kind, judge_ref, profile, 
 @click.pass_context
 def report_command(ctx, out, snapshot_ref, text_kind, judge_ref, profile, batch_size) -> None:
     """Write one self-contained HTML file: versions, lineage graph, pair statistics, diagnostics and plots."""
+    from builder.readers import check_output_file
     from builder.report import write_report
 
+    check_output_file(out)  # before anything is computed
     prepared = _prepare_diagnostics(ctx, None, None, snapshot_ref, text_kind, judge_ref, profile, batch_size)
     path = write_report(_store(ctx), out, snapshot_id=prepared.snapshot_id, text_kind=text_kind,
                         judge=prepared.judge)
@@ -660,12 +775,12 @@ def eval_group() -> None:
 
 def eval_generation_options(function):
     for option in reversed([
-        click.option("--temperature", type=float, default=0.0, show_default=True,
+        click.option("--temperature", type=NON_NEGATIVE, default=0.0, show_default=True,
                      help="Sampling temperature of the answers (0: greedy)."),
-        click.option("--max-new-tokens", type=int, help="New tokens per answer (default: the profile's)."),
-        click.option("--seed", type=int),
+        click.option("--max-new-tokens", type=COUNT, help="New tokens per answer (default: the profile's)."),
+        click.option("--seed", type=SEED),
         click.option("--backend", type=click.Choice(["hf", "vllm"])),
-        click.option("--batch-size", type=int, help="Throughput only: never changes results."),
+        click.option("--batch-size", type=COUNT, help="Throughput only: never changes results."),
     ]):
         function = option(function)
     return function
@@ -684,15 +799,15 @@ def _eval_settings(profile, flags):
 @click.option("--prompts", "prompts_ref", required=True,
               help="A prompt chunk number (of --prompt-set, default the shipped prompts) or a prompts file.")
 @click.option("--prompt-set", help="Prompt-set version for a chunk number (default: the shipped default prompts).")
-@click.option("--limit", type=int, help="Only the first N prompts.")
+@click.option("--limit", type=COUNT, help="Only the first N prompts.")
 @click.option("--judge", "judge_ref", required=True,
               help="Fixed judge snapshot; one added with --role reward compares by reward difference.")
 @click.option("--template", type=click.Path(path_type=Path),
               help="Pairwise template with {prompt}, {response_1}, {response_2}.")
-@click.option("--judge-max-new-tokens", type=int, default=0, show_default=True,
+@click.option("--judge-max-new-tokens", type=INDEX, default=0, show_default=True,
               help="Tokens of comparison written before the verdict is read (0: read it at once).")
-@click.option("--judge-temperature", type=float, default=0.7, show_default=True)
-@click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--judge-temperature", type=NON_NEGATIVE, default=0.7, show_default=True)
+@click.option("--bootstrap", "resamples", type=COUNT, default=1000, show_default=True, help="Bootstrap resamples.")
 @eval_generation_options
 @profile_option
 @click.pass_context
@@ -702,7 +817,7 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
     from builder.evals.winrate import PairwiseJudgeSettings, template_text, winrate
     from builder.loop import default_generator_factory, prompt_chunk, reward_loader
     from builder.snapshot import get_snapshot
-    from builder.stages.prompts import Chunking, import_prompts
+    from builder.stages.prompts import Chunking, check_prompt_file, import_prompts
 
     settings = _eval_settings(profile, flags)
     judge_settings = PairwiseJudgeSettings(
@@ -710,6 +825,14 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
         temperature=judge_temperature, seed=settings.judge.seed, batch_size=settings.judge.batch_size)
     if template:
         template_text(str(template))  # a bad template fails before anything is generated
+    if prompts_ref.isascii() and prompts_ref.isdigit():
+        if int(prompts_ref) < 1:
+            raise TsrError(f"--prompts {prompts_ref}: chunks count from 1")
+        _check_chunk(settings, prompt_set, int(prompts_ref), "--prompts")
+    elif not Path(prompts_ref).is_file():
+        raise TsrError(f"--prompts {prompts_ref}: neither a chunk number (1, 2, ...) nor a prompts file")
+    else:
+        check_prompt_file(Path(prompts_ref), None, Chunking(chunks=1))  # a bad file fails before the store
     store = _store(ctx, create=True)
     with store.writing():
         a, b, judge_snap = (get_snapshot(store, ref) for ref in (a_ref, b_ref, judge_ref))

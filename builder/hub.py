@@ -48,7 +48,7 @@ import yaml
 
 from builder.errors import TsrError
 from builder.fingerprint import file_sha256
-from builder.store import TABLE_DIRS, Manifest, Store
+from builder.store import TABLE_DIRS, Manifest, Store, check_manifest
 from schemas.tables import MANIFEST, PARTITIONS, SCHEMA_VERSION, TABLES
 
 INDEX_FILE = "tsr-hub.json"
@@ -460,10 +460,12 @@ def pull(root: str | os.PathLike | None, ref: str, *, token: str | None = None, 
             for version in missing:
                 if version in present:
                     continue
-                for item in data[version]["files"]:
-                    _install(store, downloads[item["path"]], store.root / item["path"])
-                # The manifest last: the version exists once it is in place.
-                _install_bytes(store, manifests[version], store.root / "manifests" / f"{version}.json")
+                # Under an intent, so a pull killed before the manifest leaves files the next writer may remove.
+                with store.placing([item["path"] for item in data[version]["files"]], version=version):
+                    for item in data[version]["files"]:
+                        _install(store, downloads[item["path"]], store.root / item["path"])
+                    # The manifest last: the version exists once it is in place.
+                    _install_bytes(store, manifests[version], store.root / "manifests" / f"{version}.json")
                 restored.append(version)
     return PullResult(repo_id, revision, commit, restored=restored, present=len(present))
 
@@ -485,6 +487,7 @@ def _check_manifest(version: str, entry: dict, raw: bytes) -> bytes:
         manifest = json.loads(raw)
     except ValueError:
         raise TsrError(f"manifests/{version}.json on the Hub is not valid JSON") from None
+    check_manifest(manifest, f"manifests/{version}.json on the Hub")
     if manifest.get("version") != version:
         raise TsrError(f"manifests/{version}.json on the Hub names version {manifest.get('version')!r}")
     table = manifest.get("table")

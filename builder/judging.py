@@ -24,6 +24,7 @@ from pathlib import Path
 from builder.backends.base import SCORE_DIGITS, SCORE_PREFIX, Generator, GenRequest, SamplingSettings
 from builder.errors import TsrError
 from builder.fingerprint import content_hash
+from builder.readers import read_text_file
 
 MODES = ("generate", "forced", "auto")
 # raw_reply of a judgment with several judge samples: the replies joined with this line between them
@@ -60,9 +61,14 @@ class Judgment:
 def load_template(path: str | Path) -> str:
     """Read a rubric template and check that it takes exactly {prompt} and {response}."""
     path = Path(path)
-    if not path.is_file():
-        raise TsrError(f"{path}: no such judge template")
-    text = path.read_text("utf-8")
+    text = read_text_file(path, "judge template")  # missing, a folder, unreadable or not UTF-8: one line
+    try:
+        text.format(prompt="", response="")
+    except (AttributeError, TypeError) as exc:  # {prompt.x}: check_template names the other mistakes
+        raise TsrError(f"{path}: a judge template takes only {{prompt}} and {{response}} placeholders "
+                       f"(write other braces as {{{{ and }}}}): {exc!r}") from None
+    except (KeyError, IndexError, ValueError):
+        pass
     check_template(text, str(path))
     return text
 

@@ -52,6 +52,16 @@ def _methods(frame: pl.DataFrame) -> list[str]:
     return [m for m in stats.METHODS if m in present] + sorted(present - set(stats.METHODS))
 
 
+def _save(plt, fig, path: Path) -> None:
+    """PNG through a temporary file beside `path`, renamed over it: a failed write leaves no partial image."""
+    from builder.readers import write_atomic
+
+    try:
+        write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def bar_chart(frame: pl.DataFrame, value: str, path: Path, *, title: str, ylabel: str) -> Path:
     """Grouped bars: x = iteration, one bar per method side by side, each labelled with its value."""
     plt = _pyplot()
@@ -77,8 +87,7 @@ def bar_chart(frame: pl.DataFrame, value: str, path: Path, *, title: str, ylabel
     else:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -121,8 +130,7 @@ def score_histograms(histogram: pl.DataFrame, path: Path, *, methods: list[str] 
             if not panel.is_empty():
                 ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -136,13 +144,15 @@ def write_plots(
     judge: stats.JudgeKey | None = None,
 ) -> list[Plot]:
     """Write gap.png, similarity.png (with an embedding snapshot) and scores.png into `out_dir`."""
+    from builder.readers import check_output_dir, make_output_dir
+
+    check_output_dir(Path(out_dir))  # a file as --out, or an unwritable place: one line, before any query
     _pyplot()  # fail early, before any query, when matplotlib is missing
     table = stats.diagnostics(store, method=method, snapshot_id=snapshot_id, text_kind=text_kind, judge=judge)
     final = stats.final_rows(table)
     if final.is_empty():
         raise TsrError(f"no pairs in {store.root}{f' for method {method}' if method else ''}: nothing to plot")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(Path(out_dir))  # the user named it: missing parents are made too
     plots = []
     if judge is not None:
         title = f"Chosen - rejected score gap, rescored by judge {judge.judge_id[:10]}"

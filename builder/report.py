@@ -200,7 +200,8 @@ def _plots_html(store: Store, snapshot_id, text_kind, judge, *, has_pairs: bool)
 
 
 def write_report(store: Store, out: Path, **options) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(store, **options), "utf-8")
-    return out
+    """Write the report to the file `out`: its folder must exist; a temporary file beside it is renamed over it."""
+    from builder.readers import check_output_file, write_text_atomic
+
+    out = check_output_file(Path(out))  # before the report is built
+    return write_text_atomic(out, build_report(store, **options))

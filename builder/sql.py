@@ -7,6 +7,7 @@ never shows. The plain duckdb CLI can read the same folders with a glob; see the
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -19,36 +20,84 @@ from schemas.tables import MANIFEST, PARTITIONS, TABLES
 
 
 def connect(store: Store, *, verify: bool = True) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per table of `store`."""
+    """A sandboxed in-memory DuckDB connection with a view per table of `store`.
+
+    The session may read the files the manifests list and nothing else: external access is off except for an
+    allow-list of exactly those files, extensions neither install nor load, nothing spills to a temp folder, and
+    the configuration is locked so no query can undo any of it. `check_read_only` is the second layer: the file
+    allow-list alone would let a COPY overwrite a listed file.
+    """
     if verify:
         store.verify()
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    views: list[str] = []
+    readable: list[str] = []
     for table, schema in TABLES.items():
-        files = [str(p) for p in store.files(table)]
+        files = [str(p.absolute()) for p in store.files(table)]
+        readable += files
         if files:
             partitions = PARTITIONS[table]
             # A view cannot take prepared parameters, so the file list is inlined as SQL string literals.
             listing = ", ".join(_sql_string(f) for f in files)
-            con.execute(
+            views.append(
                 f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}], "
                 f"hive_partitioning={str(bool(partitions)).lower()}, hive_types_autocast=false, union_by_name=true)"
             )
         else:
             # An empty table still answers queries (count(*) = 0) instead of failing on a missing view.
             columns = [(f.name, duck_type(f.type)) for f in schema] + [(k, "VARCHAR") for k in PARTITIONS[table]]
-            con.execute(f"CREATE VIEW {table} AS SELECT {_typed_nulls(columns)} WHERE false")
+            views.append(f"CREATE VIEW {table} AS SELECT {_typed_nulls(columns)} WHERE false")
     # The manifests themselves, read as JSON by DuckDB. (Registering an Arrow table would make DuckDB import
     # pandas, which costs more than the rest of a small query.)
     columns = [(f.name, duck_type(f.type)) for f in MANIFEST]
-    manifest_files = [str(store.root / "manifests" / f"{m.version}.json") for m in store.manifests()]
+    manifest_files = [str((store.root / "manifests" / f"{m.version}.json").absolute()) for m in store.manifests()]
+    readable += manifest_files
     if manifest_files:
         listing = ", ".join(_sql_string(f) for f in manifest_files)
         spec = ", ".join(f"{_sql_string(name)}: {_sql_string(kind)}" for name, kind in columns)
-        con.execute(f"CREATE VIEW versions AS SELECT * FROM read_json([{listing}], format='auto', "
-                    f"columns={{{spec}}})")
+        views.append(f"CREATE VIEW versions AS SELECT * FROM read_json([{listing}], format='auto', "
+                     f"columns={{{spec}}})")
     else:
-        con.execute(f"CREATE VIEW versions AS SELECT {_typed_nulls(columns)} WHERE false")
+        views.append(f"CREATE VIEW versions AS SELECT {_typed_nulls(columns)} WHERE false")
+    # allowed_paths must be set while external access is still on; the lock comes last.
+    con.execute(f"SET allowed_paths = [{', '.join(_sql_string(f) for f in readable)}]")
+    con.execute("SET temp_directory = ''")
+    con.execute("SET enable_external_access = false")
+    for view in views:
+        con.execute(view)
+    con.execute("SET lock_configuration = true")
     return con
+
+
+# Statement kinds that only read. EXPLAIN is allowed when what it explains is itself a read (EXPLAIN ANALYZE runs
+# it); MULTI is how DuckDB parses PIVOT, a read that declares a temporary enum first.
+_READ_STATEMENTS = {"SELECT", "EXPLAIN", "MULTI"}
+_EXPLAIN_PREFIX = re.compile(r"^\s*explain(\s+analy[sz]e)?\b", re.IGNORECASE)
+_PIVOT_PREFIX = re.compile(r"^\s*(with\b.*\b)?un?pivot\b", re.IGNORECASE | re.DOTALL)
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse, with a one-line error naming it, any statement of `sql` that is not a read."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise TsrError(f"SQL error: {_first_line(exc)}") from None
+    if not statements:
+        raise TsrError("SQL error: no statement to run")
+    for statement in statements:
+        kind = statement.type.name
+        text = statement.query.strip()
+        if kind == "EXPLAIN":
+            check_read_only(con, _EXPLAIN_PREFIX.sub("", text, count=1))
+            continue
+        if kind == "MULTI" and not _PIVOT_PREFIX.match(text):
+            kind = "MULTI (not a PIVOT)"
+        if kind not in _READ_STATEMENTS:
+            shown = " ".join(text.split())
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise TsrError(f"SQL refused: {kind} statement {shown!r}; tsr sql only reads the store "
+                           "(SELECT, WITH, DESCRIBE, SUMMARIZE, PIVOT, EXPLAIN)")
 
 
 def duck_type(kind: pa.DataType) -> str:
@@ -79,15 +128,22 @@ def _sql_string(text: str) -> str:
 def run_query(store: Store, sql: str) -> pa.Table:
     con = connect(store)
     try:
+        check_read_only(con, sql)
         relation = con.sql(sql)
-        if relation is None:  # a statement without a result (CREATE, SET, ...)
+        if relation is None:  # only reads get here; a read always has a result, but be safe
             return pa.table({})
         # duckdb 2 renamed fetch_arrow_table to to_arrow_table; support both.
         fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
         return fetch()
     except duckdb.Error as exc:
-        message = str(exc).strip().splitlines()[0]
-        raise TsrError(f"SQL error: {message}") from None
+        raise TsrError(f"SQL error: {_first_line(exc)}") from None
+    finally:
+        con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def named_queries() -> dict[str, str]:
@@ -113,10 +169,14 @@ def write_result(result: pa.Table, fmt: str, out: Path | None) -> str | None:
 
     frame = pl.from_arrow(result)
     assert isinstance(frame, pl.DataFrame)
+    from builder.readers import check_output_file, write_atomic, write_text_atomic
+
+    if out is not None:
+        check_output_file(out)  # a missing folder or a folder as --out: one line, before rendering
     if fmt == "parquet":
         if out is None:
             raise TsrError("--format parquet needs --out FILE")
-        frame.write_parquet(out)
+        write_atomic(out, frame.write_parquet)
         return None
     if fmt == "csv":
         text = frame.write_csv()
@@ -126,6 +186,6 @@ def write_result(result: pa.Table, fmt: str, out: Path | None) -> str | None:
         with pl.Config(tbl_rows=100, tbl_cols=-1, fmt_str_lengths=80, tbl_hide_dataframe_shape=True):
             text = str(frame) + "\n"
     if out is not None:
-        Path(out).write_text(text, "utf-8")
+        write_text_atomic(out, text)  # a temporary file beside it, renamed: never a partial file
         return None
     return text

@@ -79,11 +79,12 @@ def run_sql(store: Store, sql: str, params: dict[str, Any] | None = None, *, rea
     """Run `sql` over the store's views, checksumming only the files of the tables it reads."""
     import duckdb
 
-    from builder.sql import connect
+    from builder.sql import check_read_only, connect
 
     store.verify(tables=list(reads))
     con = connect(store, verify=False)
     try:
+        check_read_only(con, sql)
         relation = con.sql(sql, params=params or None)
         # duckdb 2 renamed fetch_arrow_table to to_arrow_table; support both (as builder/sql.py does).
         fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
@@ -481,5 +482,7 @@ def render(table: pa.Table, fmt: str, *, kind: str = "stats") -> str:
 def write_output(text: str, out: Path | None) -> str | None:
     if out is None:
         return text
-    Path(out).write_text(text, "utf-8")
+    from builder.readers import write_text_atomic
+
+    write_text_atomic(Path(out), text)  # a missing folder or a folder is one line; never a partial file
     return None

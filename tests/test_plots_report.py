@@ -85,7 +85,7 @@ def test_plot_with_a_fixed_judge_uses_its_gap(store, tmp_path, monkeypatch):
 
 
 def test_plot_on_a_store_without_pairs(tsr, data_root, tmp_path):
-    Store.open(data_root, create=True)
+    Store.init(data_root)
     result = tsr("plot", "--out", str(tmp_path / "p"), expect=1)
     assert result.output.startswith("Error: no pairs in") and len(result.output.splitlines()) == 1
 
@@ -136,7 +136,7 @@ def test_report_is_one_self_contained_file(tsr, store, tmp_path):
 
 
 def test_report_on_a_store_without_pairs(tsr, data_root, tmp_path):
-    Store.open(data_root, create=True)
+    Store.init(data_root)
     out = tmp_path / "empty.html"
     tsr("report", "--out", str(out))
     text = out.read_text("utf-8")

@@ -225,7 +225,7 @@ def test_stats_formats(tsr, store, tmp_path):
 def test_stats_on_an_empty_store_and_bad_input(tsr, data_root):
     result = tsr("stats", expect=1)
     assert result.output.startswith("Error: no store at") and len(result.output.splitlines()) == 1
-    Store.open(data_root, create=True)
+    Store.init(data_root)
     assert "(no pair versions in the store)" in tsr("stats").output
     assert tsr("stats", "--format", "csv").output.startswith("method,iteration,phase,prompts")
     bad = tsr("stats", "--snapshot", "nope", expect=1)

@@ -105,16 +105,29 @@ def test_truncated_and_corrupt_files_are_found_through_the_manifest(data_root):
         Store.open(data_root).read("prompts")
 
 
-def test_orphans_of_a_killed_writer_are_removed_before_the_next_write(data_root):
+def test_a_killed_writers_files_are_removed_but_unknown_files_are_kept(data_root, capsys):
     store = Store.open(data_root, create=True)
-    orphan = data_root / "prompts" / "set=v9" / "part-v9.parquet"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"half")
+    with store.writing():
+        _write(store)
+    # A writer killed after renaming its file in but before its manifest leaves the file and its intent.
+    placed = "prompts/set=v9/part-v9.parquet"
+    intent = store.begin_intent([placed], version="v9")
+    (data_root / placed).parent.mkdir(parents=True)
+    (data_root / placed).write_bytes(b"half")
+    # Something no tsr writer recorded: a stray file, say from a partial copy of another store.
+    stray = data_root / "prompts" / "set=v8" / "part-v8.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"someone else's")
     (data_root / "_tmp").mkdir(exist_ok=True)
     (data_root / "_tmp" / "x.parquet").write_bytes(b"half")
-    with store.writing():
+    with Store.open(data_root).writing():
         pass
-    assert not orphan.exists() and not (data_root / "_tmp").exists()
+    assert not (data_root / placed).exists() and not intent.exists() and not (data_root / "_tmp").exists()
+    assert stray.read_bytes() == b"someone else's"
+    assert f"left in place (tsr versions verify lists them): {stray} (a Parquet file that no manifest lists)" in (
+        capsys.readouterr().err)
+    assert [(p, why) for p, why in Store.open(data_root).unknown_items()] == [
+        (stray, "a Parquet file that no manifest lists")]
 
 
 def test_staged_batches_survive_until_cleared(data_root):
@@ -129,7 +142,8 @@ def test_staged_batches_survive_until_cleared(data_root):
 
 def test_only_one_writer_at_a_time(data_root):
     store = Store.open(data_root, create=True)
-    with store.writing(), pytest.raises(TsrError, match="another tsr process"), Store.open(data_root).writing():
+    with store.writing(), pytest.raises(TsrError, match="another tsr process"), \
+            Store.open(data_root, create=True).writing():
         pass
 
 

@@ -13,6 +13,7 @@ out offline (builder/evals/nltk_offline.py).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from schemas.tables import EVALS
 
 STAGE = "eval.ifeval"
 CODE_VERSION = 1
+IFEVAL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # what the prompt import reads as JSON Lines
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ def _registry() -> dict[str, Any]:
 
 def read_ifeval(path: Path) -> list[IFEvalRow]:
     """The rows of an IFEval-format JSONL file, checked: one-line errors name the line and the problem."""
-    if not path.is_file():
-        raise TsrError(f"{path}: no such file")
+    if path.exists() and not path.is_dir() and path.suffix.lower() not in IFEVAL_SUFFIXES:
+        raise TsrError(f"{path}: an IFEval file is JSON Lines ({', '.join(IFEVAL_SUFFIXES)}), "
+                       f"not {path.suffix or '(no suffix)'}")
     known = _registry()
     rows: list[IFEvalRow] = []
     keys: set[str] = set()
@@ -89,12 +92,85 @@ def read_ifeval(path: Path) -> list[IFEvalRow]:
             raise TsrError(f"{where}: unknown instruction id(s) {', '.join(unknown)}")
         if not isinstance(record["prompt"], str) or not record["prompt"].strip():
             raise TsrError(f"{where}: prompt must be a non-empty string")
+        if not isinstance(record["key"], (str, int)) or isinstance(record["key"], bool):
+            raise TsrError(f"{where}: key must be a number or a string, got {type(record['key']).__name__}")
         key = str(record["key"])
         if key in keys:
             raise TsrError(f"{where}: duplicate key {key}")
         keys.add(key)
+        for instruction_id, arguments in zip(ids, kwargs):
+            _check_kwargs(where, known[instruction_id], instruction_id, arguments, record["prompt"])
         rows.append(IFEvalRow(key, record["prompt"], ids, kwargs))
     return rows
+
+
+# The types of the checkers' arguments (IFEval's own data uses exactly these); a wrong type some checker would
+# accept silently (a string where a list of keywords belongs reads as its letters) is refused.
+_INT_ARGS = ("num_sentences", "num_placeholders", "num_bullets", "num_highlights", "num_sections", "num_paragraphs",
+             "nth_paragraph", "frequency", "num_words", "let_frequency", "capital_frequency", "low", "high")
+_TEXT_ARGS = ("language", "relation", "starter", "section_spliter", "postscript_marker", "keyword", "first_word",
+              "end_phrase", "letter", "let_relation", "capital_relation", "prompt_to_repeat", "original_message",
+              "original_paragraph")
+_LIST_ARGS = ("keywords", "forbidden_words", "key_sentences")
+ARGUMENT_TYPES = ({name: "a whole number" for name in _INT_ARGS} | {name: "a string" for name in _TEXT_ARGS}
+                  | {name: "a list of strings" for name in _LIST_ARGS})
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "a whole number":
+        if isinstance(value, float):  # 3.0, as a dataset export through a float column writes 3
+            return value.is_integer()
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "a string":
+        return isinstance(value, str)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _check_kwargs(where: str, checker_class: Any, instruction_id: str, arguments: dict[str, Any],
+                  prompt: str) -> None:
+    """Build the checker as check_response will (None values dropped), so a bad kwargs fails before any write.
+
+    The checkers draw any argument they are not given at random, which would make results differ from run to
+    run: a row must give every argument that changes what its checker accepts.
+    """
+    given = {k: v for k, v in arguments.items() if v is not None}
+    for name, value in given.items():
+        kind = ARGUMENT_TYPES.get(name)
+        if kind is not None and not _is_kind(value, kind):
+            raise TsrError(f"{where}: instruction {instruction_id}: kwargs {name} must be {kind}, "
+                           f"got {canonical_json(value)[:60]}")
+    state = random.getstate()
+    try:
+        built = []
+        for seed in (0, 1):  # two draws: an argument left to chance differs between them
+            random.seed(seed)
+            checker = checker_class(instruction_id)
+            allowed = list(checker.get_instruction_args_keys())
+            unknown = sorted(set(given) - set(allowed))
+            if unknown:
+                raise TsrError(f"{where}: instruction {instruction_id}: unknown kwargs {', '.join(unknown)} "
+                               f"(it takes {', '.join(allowed) or 'none'})")
+            checker.build_description(**given)
+            args = checker.get_instruction_args()
+            if args and "prompt" in args:
+                checker.build_description(prompt=prompt)
+                args = checker.get_instruction_args()
+            built.append(args or {})
+    except TsrError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any complaint of a checker about its kwargs is the file's fault
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
+        raise TsrError(f"{where}: instruction {instruction_id}: its checker rejects kwargs "
+                       f"{canonical_json(arguments)[:120]} ({type(exc).__name__}: {reason})") from None
+    finally:
+        random.setstate(state)
+    first, second = built
+    random_args = sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
+    if random_args:
+        raise TsrError(f"{where}: instruction {instruction_id}: kwargs must give {', '.join(random_args)} "
+                       "(the checker would draw them at random)")
 
 
 def check_response(row: IFEvalRow, response: str) -> InstructionCheck:

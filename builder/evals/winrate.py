@@ -38,6 +38,7 @@ from builder.config import GenerateConfig, result_fields
 from builder.errors import TsrError
 from builder.fingerprint import content_hash, stage_fingerprint
 from builder.progress import Progress
+from builder.readers import read_text_file
 from builder.stages.generate import generate
 from builder.store import Store, now_utc
 from schemas.tables import EVALS
@@ -142,12 +143,10 @@ def template_text(path: str | None) -> str:
     if path is None:
         return (resources.files("builder") / "data" / DEFAULT_TEMPLATE).read_text("utf-8")
     file = Path(path)
-    if not file.is_file():
-        raise TsrError(f"{file}: no such pairwise template")
-    text = file.read_text("utf-8")
+    text = read_text_file(file, "pairwise template")  # missing, a folder, unreadable or not UTF-8: one line
     try:
         text.format(prompt="", response_1="", response_2="")
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
         raise TsrError(f"{file}: a pairwise template takes only {{prompt}}, {{response_1}} and {{response_2}} "
                        f"(write other braces as {{{{ and }}}}): {exc!r}") from None
     missing = [p for p in PLACEHOLDERS if p not in text]

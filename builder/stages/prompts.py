@@ -28,6 +28,7 @@ STAGE = "prompts.import"
 CODE_VERSION = 1
 TEXT_COLUMN_GUESSES = ("prompt", "instruction", "text", "question")
 DEFAULT_PROMPTS = "prompts.jsonl"  # shipped in builder/data
+FIX = "pass --chunks N or --chunk-size N"  # how a user fixes too many chunks for a file's prompts
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,15 @@ class Chunking:
     def __post_init__(self) -> None:
         if (self.chunks is None) == (self.chunk_size is None):
             raise TsrError("give exactly one of --chunks and --chunk-size")
-        if (self.chunks or 1) < 1 or (self.chunk_size or 1) < 1:
-            raise TsrError(f"--chunks and --chunk-size must be at least 1, got {self.chunks or self.chunk_size}")
+        for flag, value in (("--chunks", self.chunks), ("--chunk-size", self.chunk_size)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TsrError(f"{flag} must be a whole number, got {value!r}")
+            if value < 1:
+                raise TsrError(f"{flag} must be at least 1, got {value}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TsrError(f"--seed must be a whole number, got {self.seed!r}")
 
 
 def normalize(text: str) -> str:
@@ -79,13 +87,13 @@ def read_texts(path: Path, text_column: str | None = None) -> list[str]:
 def _pick_column(path: Path, columns: list[str], text_column: str | None) -> str:
     if text_column is not None:
         if text_column not in columns:
-            raise TsrError(f"{path}: no column {text_column!r} (columns: {', '.join(columns) or 'none'})")
+            raise TsrError(f"{path}: no column {text_column!r} (columns: {_names(columns)})")
         return text_column
     for guess in TEXT_COLUMN_GUESSES:
         if guess in columns:
             return guess
     raise TsrError(
-        f"{path}: no prompt column among {', '.join(columns) or 'none'}; name it with --text-column"
+        f"{path}: no prompt column among {_names(columns)}; name it with --text-column"
     )
 
 
@@ -94,6 +102,8 @@ def _check_text(path: Path, where: str, column: str, value: object) -> str:
         raise TsrError(f"{path}: {where}: column {column!r} is {type(value).__name__}, expected text")
     if not value.strip():
         raise TsrError(f"{path}: {where}: column {column!r} is empty")
+    if "\x00" in value:
+        raise TsrError(f"{path}: {where}: column {column!r} holds a NUL byte (is this a binary file?)")
     return value
 
 
@@ -110,17 +120,46 @@ def _read_jsonl(path: Path, content: str, text_column: str | None) -> list[str]:
 
 
 def _read_csv(path: Path, content: str, text_column: str | None, delimiter: str) -> list[str]:
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    lines = io.StringIO(content, newline="").readlines()  # physical lines, split as the csv module splits them
+    reader = csv.reader(lines, delimiter=delimiter)
+    records: list[tuple[int, list[str]]] = []  # (first physical line, fields); the header is line 1
+    start = 1
     try:
-        columns = list(reader.fieldnames or [])
-        column = _pick_column(path, columns, text_column)
-        texts = []
-        for record in reader:
-            # DictReader counts physical lines; the header is line 1.
-            texts.append(_check_text(path, f"line {reader.line_num}", column, record.get(column)))
+        for fields in reader:
+            if fields:  # a blank line is no record (as csv.DictReader has it)
+                records.append((start, fields))
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise TsrError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
-    return texts
+        hint = "; is a quote left open?" if "field larger than field limit" in str(exc) else ""
+        raise TsrError(f"{path}: line {start}: malformed CSV ({exc}){hint}") from None
+    if records:
+        _check_closed_quote(path, lines, records[-1][0], delimiter)
+    if not records:
+        return []
+    header = records[0][1]
+    column = _pick_column(path, header, text_column)
+    index = header.index(column)
+    return [_check_text(path, f"line {line}", column, fields[index] if index < len(fields) else None)
+            for line, fields in records[1:]]
+
+
+def _check_closed_quote(path: Path, lines: list[str], start: int, delimiter: str) -> None:
+    """A quote that is never closed makes the last record run to the end of the file: an error, not a prompt."""
+    tail = lines[start - 1:]
+    try:
+        for _ in csv.reader(tail, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise TsrError(f"{path}: line {start}: malformed CSV (a quote opened here is never closed, so the "
+                           f"field would run to the end of the file at line {len(lines)})") from None
+
+
+def _names(columns: list[str]) -> str:
+    """Column names fit for a one-line message (a quoted header or a JSON key can hold line breaks)."""
+    shown = [name if name.isprintable() else repr(name) for name in columns[:20]]
+    more = f" and {len(columns) - 20} more" if len(columns) > 20 else ""
+    return (", ".join(shown) or "none") + more
 
 
 def _read_parquet(path: Path, text_column: str | None) -> list[str]:
@@ -139,12 +178,32 @@ def _read_parquet(path: Path, text_column: str | None) -> list[str]:
     return [_check_text(path, f"row {i + 1}", column, value) for i, value in enumerate(values)]
 
 
-def build_prompt_set(texts: list[str], source: str, chunking: Chunking) -> tuple[str, pa.Table, dict]:
+def check_chunking(texts: list[str], where: str, chunking: Chunking, fix: str = FIX) -> None:
+    """Fail, naming the file, when the distinct prompts cannot fill the chunks (before anything is written)."""
+    distinct = len({prompt_id(text) for text in texts})
+    _check_fill(distinct, len(texts), where, chunking, fix)
+
+
+def _check_fill(distinct: int, rows: int, where: str, chunking: Chunking, fix: str) -> None:
+    if chunking.chunks is not None and chunking.chunks > distinct:
+        plural = "prompt" if distinct == 1 else "prompts"
+        raise TsrError(f"{where}: {distinct} distinct {plural} ({rows - distinct} duplicates dropped) cannot fill "
+                       f"{chunking.chunks} chunks; {fix}")
+
+
+def check_prompt_file(path: Path, text_column: str | None, chunking: Chunking, fix: str = FIX) -> None:
+    """Everything `import_prompts` checks, without a store: the file's rows, and that they fill the chunks."""
+    check_chunking(read_texts(path, text_column), str(path), chunking, fix)
+
+
+def build_prompt_set(texts: list[str], source: str, chunking: Chunking, *, where: str | None = None,
+                     fix: str = FIX) -> tuple[str, pa.Table, dict]:
     """Deduplicate, id and chunk `texts`. Returns (set version, table, stats)."""
     first_seen: dict[str, tuple[int, str]] = {}
     for position, text in enumerate(texts):
         first_seen.setdefault(prompt_id(text), (position, text.strip()))
     ids = list(first_seen)
+    _check_fill(len(ids), len(texts), where or source, chunking, fix)
     config = {"prompt_ids": content_hash(ids), "chunks": chunking.chunks, "chunk_size": chunking.chunk_size,
               "seed": chunking.seed}
     version = stage_fingerprint(STAGE, CODE_VERSION, config, parents=[])
@@ -152,8 +211,6 @@ def build_prompt_set(texts: list[str], source: str, chunking: Chunking) -> tuple
     shuffled = sorted(ids, key=lambda pid: content_hash([chunking.seed, pid]))
     total = len(shuffled)
     if chunking.chunks is not None:
-        if chunking.chunks > total:
-            raise TsrError(f"--chunks {chunking.chunks} is more than the {total} distinct prompts")
         chunk_of = {pid: rank * chunking.chunks // total + 1 for rank, pid in enumerate(shuffled)}
     else:
         assert chunking.chunk_size is not None
@@ -175,11 +232,11 @@ def build_prompt_set(texts: list[str], source: str, chunking: Chunking) -> tuple
 
 
 def import_prompts(
-    store: Store, path: Path, *, text_column: str | None = None, chunking: Chunking
+    store: Store, path: Path, *, text_column: str | None = None, chunking: Chunking, fix: str = FIX
 ) -> tuple[Manifest, bool]:
     """Import a prompt file as a prompt-set version. Returns (manifest, created) where created is False on a no-op."""
     texts = read_texts(path, text_column)
-    version, table, stats = build_prompt_set(texts, path.name, chunking)
+    version, table, stats = build_prompt_set(texts, path.name, chunking, where=str(path), fix=fix)
     existing = store.manifest(version)
     if existing is not None:
         return existing, False

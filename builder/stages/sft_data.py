@@ -15,6 +15,7 @@ the same content again is a no-op.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -128,7 +129,7 @@ def parse_ift(path: Path) -> list[list[dict[str, str]]]:
                                   {"role": "assistant", "content": _text(path, where, record, column)}])
         else:
             raise TsrError(f"{path}: {where}: expected a 'messages' column or 'prompt' and 'response' columns "
-                           f"(got {', '.join(record) or 'none'})")
+                           f"(got {', '.join(c if c.isprintable() else repr(c) for c in record) or 'none'})")
     return conversations
 
 
@@ -248,8 +249,8 @@ def read_reference(path: Path) -> Reference:
             value, sign = record["score"], 1.0
         else:
             raise TsrError(f"{path}: {where}: expected a 'rank' (1 = best) or a 'score' (higher = better) column")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TsrError(f"{path}: {where}: the reference rank or score must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TsrError(f"{path}: {where}: the reference rank or score must be a finite number, got {value!r}")
         if gid in values:
             raise TsrError(f"{path}: {where}: generation {gid} is ranked twice")
         values[gid] = sign * float(value)
