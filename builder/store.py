@@ -397,6 +397,14 @@ class Store:
         os.replace(target, aside)
         _warn(f"{target} was in the way of a new version and is not listed by any manifest; moved it to {aside}")
 
+    def _intended_paths(self) -> set[str]:
+        paths: set[str] = set()
+        folder = self.root / "_intents"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                paths.update(str(p) for p in json.loads(path.read_text("utf-8"))["paths"])
+        return paths
+
     def _finish_intents(self) -> None:
         """Remove what unfinished intents placed (a writer was killed before committing it), then the intents."""
         folder = self.root / "_intents"
@@ -489,7 +497,8 @@ class Store:
     def unknown_items(self) -> list[tuple[Path, str]]:
         """Paths under the store that no manifest, snapshot row or writer accounts for, with what each is."""
         found: list[tuple[Path, str]] = []
-        listed = {f["path"] for m in self.manifests() for f in m.files}
+        # What a running writer is placing right now is accounted for by its intent (verify runs during writes).
+        listed = {f["path"] for m in self.manifests() for f in m.files} | self._intended_paths()
         for folder in sorted(set(TABLE_DIRS.values())):
             base = self.root / folder
             if not base.is_dir():
@@ -502,7 +511,7 @@ class Store:
         if models.is_dir():
             registered = set(self.read("snapshots", verify=False).column("snapshot_id").to_pylist())
             for folder in sorted(models.iterdir()):
-                if folder.name not in registered:
+                if folder.name not in registered and f"snapshots/{folder.name}" not in listed:
                     found.append((folder, "a model folder with no row in the snapshots table"))
         staging = self.root / "_staging"
         if staging.is_dir():

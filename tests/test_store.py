@@ -157,3 +157,17 @@ def test_find_version_by_prefix(data_root):
         store.find_version("ab")
     with pytest.raises(TsrError, match="no version"):
         store.find_version("zz")
+
+
+def test_what_a_running_writer_is_placing_is_not_unknown(data_root):
+    """verify runs during a write: a file renamed in under an intent, before its manifest, is accounted for."""
+    store = Store.open(data_root, create=True)
+    with store.writing():
+        _write(store)
+        placed = "prompts/set=v7/part-v7.parquet"
+        intent = store.begin_intent([placed], version="v7")
+        (data_root / placed).parent.mkdir(parents=True)
+        (data_root / placed).write_bytes(b"being written")
+        assert Store.open(data_root).unknown_items() == []
+        store.end_intent(intent)
+        assert [p for p, _ in Store.open(data_root).unknown_items()] == [data_root / placed]
