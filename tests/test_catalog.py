@@ -202,6 +202,11 @@ CASES = [
         "judge", "--snapshot", "tiny", "--template", env.file("t.txt", b"{prompt} {response} \xff\xfe")]),
     Case("files", "judge-template-directory", lambda env: ["judge", "--snapshot", "tiny", "--template",
                                                           str(env.scratch)]),
+    Case("files", "sft-template-non-utf8", lambda env: [
+        "sft", "--template", env.file("t.txt", b"{prompt} {response} \xff\xfe")]),
+    Case("files", "winrate-template-non-utf8", lambda env: [
+        "eval", "winrate", "--a", "tiny", "--b", "tiny", "--prompts", "1", "--judge", "tiny", "--template",
+        env.file("pair.txt", b"{prompt} {response_1} {response_2} \xff")]),
     Case("files", "sql-out-missing-folder", lambda env: [
         "sql", "select 1 as x", "--out", str(env.scratch / "no" / "such" / "out.csv")],
         outside=lambda env: [env.scratch / "no"]),
@@ -261,6 +266,9 @@ CASES = [
          damage=lambda env: shutil.copytree(env.model_folder(), env.root / "snapshots" / "f00dfeed")),
     Case("store damage", "unlisted-parquet-file", lambda env: ["versions", "verify"],
          damage=lambda env: shutil.copy(env.data_file("pairs"), env.data_file("pairs").parent / "part-x.parquet")),
+    Case("store damage", "junk-in-staging", lambda env: ["versions", "verify"],
+         damage=lambda env: (env.root / "_staging" / "not-a-version").mkdir(parents=True) or (
+             env.root / "_staging" / "not-a-version" / "notes.txt").write_text("mine")),
     Case("store damage", "store-marker-garbage", sql("select 1"),
          damage=lambda env: (env.root / "store.json").write_text("garbage")),
     Case("store damage", "generate-from-damaged-weights", lambda env: ["generate", "--snapshot", "tiny", "--chunk",
@@ -419,3 +427,18 @@ def test_lost_manifests_never_cost_a_model_or_data_file(base_store, tmp_path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_read_only_commands_change_nothing(base_store, tmp_path):
+    """Queries, stats, listings and verify leave every byte of the store as it was (no cache written either)."""
+    base, _ = base_store
+    root = tmp_path / "store"
+    shutil.copytree(base, root, symlinks=True)
+    shutil.rmtree(root / "_cache", ignore_errors=True)  # a cold cache: reads must still not write one
+    before = tree_hashes(root)
+    for args in (["sql", "select count(*) as n from pairs"], ["sql", "--query", "pair_stats"], ["stats"],
+                 ["versions", "list"], ["versions", "verify"], ["versions", "verify", "--full"],
+                 ["models", "list"], ["prompts", "list"]):
+        result = invoke("--data", str(root), *args)
+        assert result.exit_code == 0, (args, result.output)
+    assert tree_hashes(root) == before
