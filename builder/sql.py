@@ -74,7 +74,7 @@ def connect(store: Store, *, verify: bool = True) -> duckdb.DuckDBPyConnection:
 # it); MULTI is how DuckDB parses PIVOT, a read that declares a temporary enum first.
 _READ_STATEMENTS = {"SELECT", "EXPLAIN", "MULTI"}
 _EXPLAIN_PREFIX = re.compile(r"^\s*explain(\s+analy[sz]e)?\b", re.IGNORECASE)
-_PIVOT_PREFIX = re.compile(r"^\s*(with\b.*\b)?un?pivot\b", re.IGNORECASE | re.DOTALL)
+_PIVOT_PREFIX = re.compile(r"^\s*(with\b.*\b)?(un)?pivot\b", re.IGNORECASE | re.DOTALL)
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:

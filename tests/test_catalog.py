@@ -442,3 +442,17 @@ def test_read_only_commands_change_nothing(base_store, tmp_path):
         result = invoke("--data", str(root), *args)
         assert result.exit_code == 0, (args, result.output)
     assert tree_hashes(root) == before
+
+
+@pytest.mark.parametrize("query", [
+    "select count(*) as n from pairs", "with x as (select * from pairs) select count(*) from x", "FROM pairs LIMIT 1",
+    "DESCRIBE pairs", "SUMMARIZE judgments", "SHOW TABLES", "EXPLAIN select * from pairs",
+    "EXPLAIN ANALYZE select count(*) from generations", "PIVOT pairs ON phase USING count(*) GROUP BY method",
+    "UNPIVOT (select 1 as a, 2 as b) ON a, b", "select 1; select 2 as two", "VALUES (1), (2)",
+])
+def test_the_sandbox_still_answers_reads(base_store, query):
+    base, _ = base_store
+    before = tree_hashes(base)
+    result = invoke("--data", str(base), "sql", query)
+    assert result.exit_code == 0, result.output
+    assert tree_hashes(base) == before
