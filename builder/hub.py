@@ -756,9 +756,14 @@ class _Retry:
                 return function(*args, **kwargs)
             except Exception as exc:
                 if attempt == RETRY_ATTEMPTS or not _transient(exc):
+                    if attempt > 1:
+                        exc.add_note(f"after {attempt} attempts")
                     raise
-                self.warn(f"{self.where}: {_describe(exc, self.secrets)}; retrying in {delay:g}s "
-                          f"(attempt {attempt + 1} of {RETRY_ATTEMPTS})")
+                # One warning per failing call, not one per attempt: a failure that persists then reads as two
+                # lines (this warning and the error), however many attempts it took.
+                if attempt == 1:
+                    self.warn(f"{self.where}: {_describe(exc, self.secrets)}; retrying up to "
+                              f"{RETRY_ATTEMPTS - 1} times with backoff from {delay:g}s")
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_SECONDS)
         raise AssertionError("unreachable")
@@ -842,7 +847,9 @@ def _hub_errors(where: str, api) -> Iterator[None]:
         if _status(exc) in (401, 403):
             raise TsrError(f"{where} failed: not authorized (HTTP {_status(exc)}); check your token "
                            "(hf auth login or HF_TOKEN) and its write access") from None
-        raise TsrError(f"{where} failed: {_describe(exc, _known_tokens(api))}") from None
+        attempts = next((n for n in getattr(exc, "__notes__", []) if n.startswith("after ")), None)
+        suffix = f" ({attempts})" if attempts else ""
+        raise TsrError(f"{where} failed: {_describe(exc, _known_tokens(api))}{suffix}") from None
 
 
 def _known_tokens(api) -> list[str]:

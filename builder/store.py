@@ -143,6 +143,8 @@ def _check_entry(entry: Any, keys: dict[str, type], folder: str, where: str) -> 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
     """The data root: an explicit path, else $TSR_HOME, else ./tsr-data."""
+    if root is not None and not str(root).strip():
+        raise TsrError("--data is empty: give the store's folder")
     return Path(root or os.environ.get("TSR_HOME") or DEFAULT_ROOT)
 
 
@@ -266,6 +268,8 @@ class Store:
         if self._manifests is None:
             self._manifests = {}
             folder = self.root / "manifests"
+            if folder.exists() and not folder.is_dir():
+                raise TsrError(f"{folder}: not a folder (the store's manifests are missing)")
             for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
                 try:
                     data = json.loads(path.read_text("utf-8"))

@@ -168,6 +168,11 @@ def _no_tokenizer(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
+def _replace_by_symlink(path: Path, elsewhere: Path) -> None:
+    shutil.move(path, elsewhere)
+    path.symlink_to(elsewhere)
+
+
 def _hold_lock(env: Env) -> None:
     handle = open(env.root / ".lock", "a+")  # noqa: SIM115 (held until the test process ends the case)
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,6 +271,12 @@ CASES = [
          damage=lambda env: shutil.copytree(env.model_folder(), env.root / "snapshots" / "f00dfeed")),
     Case("store damage", "unlisted-parquet-file", lambda env: ["versions", "verify"],
          damage=lambda env: shutil.copy(env.data_file("pairs"), env.data_file("pairs").parent / "part-x.parquet")),
+    Case("store damage", "manifests-folder-is-a-file", lambda env: ["versions", "verify"],
+         damage=lambda env: shutil.rmtree(env.root / "manifests") or (env.root / "manifests").write_text("x")),
+    Case("store damage", "data-file-replaced-by-symlink", sql("select count(*) from pairs"),
+         damage=lambda env: _replace_by_symlink(env.data_file("pairs"), env.scratch / "moved.parquet")),
+    Case("store damage", "newer-store-format", sql("select 1"), damage=lambda env: (env.root / "store.json").write_text(
+        json.dumps({"format": "temporal-sr-store", "format_version": 99}))),
     Case("store damage", "junk-in-staging", lambda env: ["versions", "verify"],
          damage=lambda env: (env.root / "_staging" / "not-a-version").mkdir(parents=True) or (
              env.root / "_staging" / "not-a-version" / "notes.txt").write_text("mine")),
@@ -349,6 +360,8 @@ CASES = [
                                                                 "--bootstrap", "0"]),
     Case("CLI arguments", "pairs-unknown-m0-fresh", lambda env: ["pairs", "--iter", "1", "--m0", "nobody"],
          fresh=True),
+    Case("CLI arguments", "empty-data-root", lambda env: ["--data", "", "prompts", "list"]),
+    Case("CLI arguments", "push-unreachable-hub", lambda env: ["push", "me/x", "--tables", "prompts"]),
     Case("CLI arguments", "data-root-is-a-file", lambda env: ["--data", env.file("plain.txt", "x"), "sql",
                                                               "select 1"]),
 ]
@@ -363,6 +376,8 @@ def test_bad_input_is_refused_and_changes_nothing(case: Case, base_store, tmp_pa
     env = Env(root=root, scratch=tmp_path / "scratch", profile=profile)
     env.scratch.mkdir()
     monkeypatch.chdir(env.scratch)  # relative paths a case names resolve outside the store
+    monkeypatch.setattr("builder.hub.BACKOFF_SECONDS", 0.01)  # the Hub cases meet a closed port: no waiting
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     try:
         if case.damage:
             case.damage(env)

@@ -223,7 +223,8 @@ def test_a_commit_that_fails_midway_changes_nothing(tsr, hub, source, mode):
         result = tsr("--data", str(source), "push", repo, expect=1)
     finally:
         hub.fail_commits(None)
-    lines = result.output.strip().splitlines()  # the retries' warnings, then one error line
+    lines = result.output.strip().splitlines()  # one retry warning, then one error line
+    assert len(lines) == 2 and "(after 4 attempts)" in lines[-1]
     assert lines[-1].startswith(f"Error: push to {repo} failed") and all("retrying" in line for line in lines[:-1])
     assert hub.head(repo).oid == head and hub.repo(repo).tags == tags  # no new commit, no tag
     assert tree_digest(source) == local
