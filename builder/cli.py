@@ -27,15 +27,26 @@ class TsrGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TsrError as exc:
-            raise click.ClickException(str(exc)) from None
+            # A path or value the user gave may hold a newline; the error stays one line whatever it quotes.
+            raise click.ClickException(_escape_line_breaks(str(exc))) from None
         except click.UsageError as exc:
             raise _one_line(exc) from None
 
 
+class _OneLineUsageError(click.UsageError):
+    """Already shortened by a nested group: the outer group passes it on unchanged."""
+
+
 def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, _OneLineUsageError):
+        return exc
     command = exc.ctx.command_path if exc.ctx is not None else "tsr"
     # Without a context, click prints only "Error: <message>".
-    return click.UsageError(f"{' '.join(exc.format_message().split())} (see {command} --help)")
+    return _OneLineUsageError(f"{' '.join(exc.format_message().split())} (see {command} --help)")
+
+
+def _escape_line_breaks(message: str) -> str:
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _store(ctx: click.Context, *, create: bool = False):

@@ -360,6 +360,8 @@ CASES = [
                                                                 "--bootstrap", "0"]),
     Case("CLI arguments", "pairs-unknown-m0-fresh", lambda env: ["pairs", "--iter", "1", "--m0", "nobody"],
          fresh=True),
+    Case("CLI arguments", "unknown-subcommand", lambda env: ["prompts", "add", "p.jsonl"],
+         forbidden=("--help) (see",)),
     Case("CLI arguments", "empty-data-root", lambda env: ["--data", "", "prompts", "list"]),
     Case("CLI arguments", "push-unreachable-hub", lambda env: ["push", "me/x", "--tables", "prompts"]),
     Case("CLI arguments", "data-root-is-a-file", lambda env: ["--data", env.file("plain.txt", "x"), "sql",
@@ -396,6 +398,13 @@ def test_bad_input_is_refused_and_changes_nothing(case: Case, base_store, tmp_pa
         assert not path.exists(), f"{path} was created outside the store"
     for text in case.forbidden:
         assert text not in output
+
+
+def test_a_path_with_a_line_break_keeps_the_error_on_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--data", "two\nlines", "prompts", "list")
+    assert result.exit_code == 1 and result.output.strip() == (
+        "Error: no store at two\\nlines: import prompts first (tsr prompts import FILE) or pass --data")
 
 
 def test_catalog_covers_every_group():
