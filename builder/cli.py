@@ -509,12 +509,14 @@ def sft_command(ctx, base_ref, ift_ref, eft_ref, no_ift, no_eft, name, template,
     from builder.config import load_profile
     from builder.stages.judge import template_text
     from builder.stages.sft_data import default_eft_path, default_ift_path, find_set, import_eft, import_ift
+    from train.launch import check_launcher
     from train.sft import train_sft
 
     if (no_ift and ift_ref) or (no_eft and eft_ref) or (no_ift and no_eft):
         raise TsrError("--no-ift and --no-eft leave out a set: give at most one of them, and not with that set")
     settings = load_profile(profile, {"judge": {"template": str(template) if template else None}})
     template_body = template_text(settings.judge)
+    check_launcher(settings.sft, "sft")
     store = _store(ctx, create=True)
     with store.writing():
         base = snapshots.get_snapshot(store, base_ref) if base_ref else snapshots.add_default(store)
@@ -546,9 +548,11 @@ def loop_options(function):
 def _check_loop_inputs(settings, prompt_set: str | None, iteration: int) -> None:
     """What the loop would trip over only after models load: the iteration's chunk and the judge's template."""
     from builder.stages.judge import template_text
+    from train.launch import check_launcher
 
     _check_chunk(settings, prompt_set, iteration, "--iter")
     template_text(settings.judge)
+    check_launcher(settings.train, "train")
 
 
 def _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set, overrides=None):
@@ -601,7 +605,10 @@ def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_se
 
     if (pair_ref is None) == (iteration is None):
         raise TsrError("give either --pairs VERSION or --iter N")
+    from train.launch import check_launcher
+
     settings = load_profile(profile)  # bad settings fail before the store is touched
+    check_launcher(settings.train, "train")
     if iteration is not None:
         _check_loop_inputs(settings, prompt_set, iteration)
     store = _store(ctx, create=True)

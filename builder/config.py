@@ -84,6 +84,10 @@ class JudgeConfig:
                                "use mode forced or auto, or more tokens", "max_new_tokens")
 
 
+LAUNCHER_HELP = ("inprocess (train inside the tsr process), or a launcher command the training runs under, e.g. "
+                 "'torchrun --nproc_per_node 8' or 'accelerate launch --config_file {accelerate_configs}/zero3.yaml'")
+
+
 @dataclass
 class TrainConfig:
     learning_rate: float = _result(5e-7, "DPO learning rate (paper: 5e-7)", gt=0)
@@ -99,6 +103,7 @@ class TrainConfig:
     bf16: str = _knob("auto", "auto (bf16 on CUDA only), true or false", choices=("auto", "true", "false"))
     gradient_checkpointing: bool = _knob(True, "recompute activations in the backward pass: less memory, ~1/3 more "
                                                "compute (TRL's default; off pays on a small model)")
+    launcher: str = _knob("inprocess", LAUNCHER_HELP)
 
     def __post_init__(self) -> None:
         _check_trainer(self, "train")
@@ -121,6 +126,7 @@ class SFTConfig:
     bf16: str = _knob("auto", "auto (bf16 on CUDA only), true or false", choices=("auto", "true", "false"))
     gradient_checkpointing: bool = _knob(True, "recompute activations in the backward pass: less memory, ~1/3 more "
                                                "compute (TRL's default; off pays on a small model)")
+    launcher: str = _knob("inprocess", LAUNCHER_HELP)
 
     def __post_init__(self) -> None:
         _check_trainer(self, "sft")
@@ -131,6 +137,9 @@ def _check_trainer(cfg: TrainConfig | SFTConfig, section: str) -> None:
     if isinstance(cfg.bf16, bool):  # YAML's unquoted `bf16: true` means the string "true"
         cfg.bf16 = "true" if cfg.bf16 else "false"
     validate(cfg, section)
+    if not isinstance(cfg.launcher, str) or not cfg.launcher.strip():
+        raise SettingError(f"{section}.launcher must be 'inprocess' or a launcher command, got {cfg.launcher!r}",
+                           "launcher")
     if cfg.lr_scheduler == "polynomial" and cfg.learning_rate <= POLYNOMIAL_LR_END:
         raise SettingError(f"{section}.learning_rate must be above {POLYNOMIAL_LR_END} (the polynomial schedule's "
                            f"end rate), got {cfg.learning_rate}", "learning_rate")

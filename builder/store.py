@@ -192,6 +192,8 @@ class Store:
             "schema_version": SCHEMA_VERSION,
             "hash": HASH_TAG,
             "created_at": _now_iso(),
+            # Ranks of a training on several nodes check that they all see this store (train/distributed.py).
+            "store_id": uuid.uuid4().hex,
         }
         return cls(path, pending_marker=meta)
 
@@ -208,6 +210,12 @@ class Store:
             return
         meta, self._pending_marker = self._pending_marker, None
         self._make_root()
+        self._write_atomic(self.root / "store.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+
+    def replace_marker(self, meta: dict[str, Any]) -> None:
+        """Rewrite store.json (a writer only: under the write lock)."""
+        if not self._writing:
+            raise RuntimeError("store.json is rewritten only inside writing()")
         self._write_atomic(self.root / "store.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
 
     def _make_root(self) -> None:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.errors import TsrError
+from builder.faults import crash_point
 from builder.snapshot import Snapshot, get_snapshot, list_snapshots
 from builder.store import Store
+from train.distributed import SINGLE, World, batch_split
 
 RUN_FILE = "tsr_training.json"  # written into the model folder, so a snapshot carries the run that made it
 
@@ -69,8 +73,8 @@ def trainer_arguments(config_class: type, cfg: Any, output: Path) -> dict[str, A
     import torch
 
     bf16 = use_bf16(cfg)
-    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
-    accumulation = max(1, math.ceil(cfg.global_batch / (cfg.per_device_batch * world)))
+    # The launcher's world size, known before the process group starts (the Trainer starts it).
+    per_device, accumulation = batch_split(cfg.global_batch, cfg.per_device_batch, World.from_environment().size)
     # transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is a ratio); 4.x has both.
     fields = {f.name for f in dataclasses.fields(config_class)}
     warmup = {"warmup_ratio": cfg.warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": cfg.warmup_ratio}
@@ -79,7 +83,7 @@ def trainer_arguments(config_class: type, cfg: Any, output: Path) -> dict[str, A
         **warmup,
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.epochs,
-        "per_device_train_batch_size": cfg.per_device_batch,
+        "per_device_train_batch_size": per_device,
         "gradient_accumulation_steps": accumulation,
         "lr_scheduler_type": cfg.lr_scheduler,
         "max_length": cfg.max_length,
@@ -91,6 +95,8 @@ def trainer_arguments(config_class: type, cfg: Any, output: Path) -> dict[str, A
         "report_to": "none",
         "disable_tqdm": True,
         "model_init_kwargs": {"dtype": torch.bfloat16 if bf16 else torch.float32},
+        # Without it accelerate sees no accelerator and leaves each CPU rank training alone (gloo needs it).
+        "use_cpu": not torch.cuda.is_available(),
     }
 
 
@@ -112,22 +118,68 @@ def lora_config(cfg: Any):
     return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: Path):
+def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: Path, world: World = SINGLE):
     """Train, merge LoRA, and save model and tokenizer to `output`; returns TRL's TrainOutput.
 
-    Snapshots keep the start model's storage dtype (bf16 for the embedded default), whatever trained them.
+    On several ranks every rank takes part in gathering the weights (ZeRO-3 and FSDP hold shards) and only the
+    main rank writes. Snapshots keep the start model's storage dtype (bf16 for the embedded default), whatever
+    trained them.
     """
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # metrics go to the run record, not one dict per step on stdout
+    trainer.add_callback(_crash_point_callback())
+    _check_lora_fits(trainer, peft_config)
     result = trainer.train()
-    model = trainer.model
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    model.to(stored_dtype(model_folder)).save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
-    shutil.rmtree(output / "_trainer", ignore_errors=True)
+    dtype = stored_dtype(model_folder)
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        model = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
+        model.to(dtype).save_pretrained(output, safe_serialization=True)
+    else:
+        model = accelerator.unwrap_model(trainer.model)
+        if peft_config is not None:  # DDP only (checked above): every rank holds the whole model
+            model = model.merge_and_unload()
+            state = model.state_dict()
+        else:
+            state = accelerator.get_state_dict(trainer.model)  # a collective: gathers ZeRO-3 and FSDP shards
+        if world.is_main:
+            state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
+            model.save_pretrained(output, state_dict=state, safe_serialization=True)
+    if world.is_main:
+        tokenizer.save_pretrained(output)
+        shutil.rmtree(output / "_trainer", ignore_errors=True)
+        crash_point("train.saved")
+    accelerator.wait_for_everyone()
     return result
+
+
+def _check_lora_fits(trainer, peft_config) -> None:
+    if peft_config is not None and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        raise TsrError("lora_r > 0 trains under DDP only (torchrun, or accelerate's ddp.yaml): ZeRO-3 and FSDP "
+                       "shard the base weights that merging the adapter needs")
+
+
+def _crash_point_callback():
+    """A kill point after every optimizer step (`TSR_CRASH_AT=train.step#N@RANK`), for the kill tests."""
+    from transformers import TrainerCallback
+
+    class CrashPoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            crash_point("train.step")
+
+    return CrashPoints()
+
+
+def run_entry_point(main: Callable[[], Any]) -> None:
+    """`python -m train.dpo` and `train.sft`: a TsrError is one line on stderr and exit status 1, no traceback."""
+    try:
+        main()
+    except TsrError as exc:
+        rank = World.from_environment()
+        where = f"[rank {rank.rank}] " if rank.size > 1 else ""
+        print(f"Error: {where}{str(exc).replace(chr(10), ' ')}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def stored_dtype(model_folder: str):

@@ -4,9 +4,13 @@
 the frozen reference), saves the result as safetensors in the store, and records a training run. The run id hashes
 the pair version, the start snapshot and the result-changing config, so training the same thing twice is a no-op.
 
-On several GPUs the same entry point runs under accelerate (DeepSpeed ZeRO-3, as in the paper):
+On several GPUs the same entry point runs under a launcher (DeepSpeed ZeRO-3 on 8 GPUs, as in the paper):
 
     accelerate launch --config_file train/accelerate/zero3.yaml -m train.dpo --data tsr-data --pairs VERSION
+    torchrun --nproc_per_node 8 -m train.dpo --data tsr-data --pairs VERSION
+
+Every rank trains; the main rank alone writes the store (train/distributed.py). `tsr pairs` and `tsr train` launch
+the same module themselves when the profile names a `train.launcher` (train/launch.py).
 
 torch, transformers and trl are imported inside the functions, so importing this module is cheap.
 """
@@ -14,6 +18,7 @@ torch, transformers and trl are imported inside the functions, so importing this
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -33,10 +38,13 @@ from train.common import (
     load_tokenizer,
     lora_config,
     rounded,
+    run_entry_point,
     train_and_save,
     trainer_arguments,
     write_run_file,
 )
+from train.distributed import SINGLE, World, main_process_writes, watch_parent
+from train.launch import INPROCESS, fit_request, launched, run_launched
 
 STAGE = "train.dpo"
 CODE_VERSION = 1
@@ -63,28 +71,37 @@ def train_dpo(
     role: str = "iteration",
     name: str | None = None,
     temporary: bool = False,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Train `start` on a pair version with DPO (reference = `start`), register the result, return it."""
+    """Train `start` on a pair version with DPO (reference = `start`), register the result, return it.
+
+    Runs in this process, or under `cfg.launcher`; on the main rank of a launched run, the other ranks follow
+    (`_follow`) the decision this function shares with them.
+    """
+    from train.data import load_pairs
+
     run_id = run_id_for(pair_version, start.snapshot_id, cfg)
     finished = finished_run(store, run_id)
+    dataset = load_pairs(store, pair_version) if finished is None else None
+    staged = staging_folder(store) if dataset is not None and len(dataset) else None
+    world.share(str(staged) if staged else None)  # the other ranks train iff a folder is named
     if finished is not None:
         if not finished.recorded:
             _record_run(store, run_id, pair_version, start, finished.snapshot, cfg, finished.metrics,
                         finished.seconds)
         return TrainResult(finished.snapshot, run_id, finished.metrics, trained=False)
-
-    from train.data import load_pairs
-
-    dataset = load_pairs(store, pair_version)
     started = time.monotonic()
-    if len(dataset) == 0:
+    if staged is None:
         # Nothing to learn from: the model stays what it was. Recorded, so the loop's lineage stays complete.
         metrics = {"skipped": "no pairs", "pairs": 0}
         _record_run(store, run_id, pair_version, start, start, cfg, metrics, 0.0)
         return TrainResult(start, run_id, metrics, trained=False)
 
-    staged = staging_folder(store)
-    metrics = _fit(start.folder(store), dataset, cfg, staged)
+    if launched(cfg) and world.size == 1:
+        metrics = run_launched(store, staged, module="train.dpo", cfg=cfg, run_id=run_id, label=name or "DPO",
+                               request={"pairs": pair_version, "start": start.snapshot_id})
+    else:
+        metrics = _fit(start.folder(store), dataset, cfg, staged, world)
     seconds = round(time.monotonic() - started, 3)
     write_run_file(staged, {"run_id": run_id, "pair_version": pair_version, "start_snapshot_id": start.snapshot_id,
                             "config": result_fields(cfg), "metrics": metrics, "seconds": seconds})
@@ -113,7 +130,25 @@ def _record_run(store: Store, run_id: str, pair_version: str, start: Snapshot, o
     )
 
 
-def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
+def _follow(store: Store, pair_version: str, start: Snapshot, cfg: TrainConfig, world: World) -> None:
+    """A rank other than the main one: train iff the main rank staged a folder for the model."""
+    from train.data import load_pairs
+
+    staged = world.share(None)
+    if staged is not None:
+        _fit(start.folder(store), load_pairs(store, pair_version), cfg, Path(staged), world)
+
+
+def _fit_request(store: Store, request: dict, staged: Path, world: World) -> dict:
+    """A rank of a training that `tsr` launched: the request names the pairs, the start snapshot and the config."""
+    from train.data import load_pairs
+
+    start = get_snapshot(store, request["start"])
+    return _fit(start.folder(store), load_pairs(store, request["pairs"]), TrainConfig(**request["config"]), staged,
+                world)
+
+
+def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path, world: World = SINGLE) -> dict:
     """Run TRL's DPOTrainer and save the trained model (LoRA merged) to `output`. Returns the final metrics."""
     from trl import DPOConfig, DPOTrainer
 
@@ -129,7 +164,7 @@ def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path) -> dict:
     # Passing the folder (not a model object) makes TRL load the frozen reference from the same weights.
     trainer = DPOTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output)
+    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output, world)
     return _final_metrics(trainer.state.log_history, result.training_loss, len(dataset))
 
 
@@ -156,26 +191,42 @@ def _mean(values: list) -> float | None:
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m train.dpo", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="data root (default $TSR_HOME or ./tsr-data)")
-    parser.add_argument("--pairs", required=True, help="pair version (id or unique prefix)")
+    parser.add_argument("--pairs", help="pair version (id or unique prefix)")
     parser.add_argument("--profile", default="cpu-demo", help="profile name or YAML path")
     parser.add_argument("--start", default=None, help="start snapshot (default: the policy the pairs name)")
+    parser.add_argument("--fit-into", default=None, help=argparse.SUPPRESS)  # set by tsr when it launches a run
     return parser
 
 
-def main(argv: list[str] | None = None) -> TrainResult:
+def main(argv: list[str] | None = None) -> TrainResult | None:
+    """Train one pair version; under a launcher, on every rank. Returns the result on the main rank only."""
     args = make_parser().parse_args(argv)
+    if args.fit_into:
+        fit_request(Path(args.fit_into), _fit_request)
+        return None
+    if args.pairs is None:
+        raise TsrError("--pairs is required")
+    world = World.from_environment()
+    if world.launched:
+        watch_parent()
     store = Store.open(args.data)
-    cfg = load_profile(args.profile).train
+    # This entry point trains in its own processes: a launcher in the profile is for `tsr`, which runs this one.
+    cfg = dataclasses.replace(load_profile(args.profile).train, launcher=INPROCESS)
     manifest = store.find_version(args.pairs)
+    if manifest.table != "pairs":
+        raise TsrError(f"version {manifest.version} is a {manifest.table} version, not a pair version")
     start_id = args.start or manifest.config.get("policy")
     if start_id is None:
         raise TsrError(f"pair version {manifest.version} names no policy snapshot; pass --start")
     start = get_snapshot(store, start_id)
-    with store.writing():
-        result = train_dpo(store, manifest.version, start, cfg)
+    with main_process_writes(store, world):
+        if not world.is_main:
+            _follow(store, manifest.version, start, cfg, world)
+            return None
+        result = train_dpo(store, manifest.version, start, cfg, world=world)
     print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, **result.metrics}))
     return result
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run_entry_point(main)

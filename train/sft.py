@@ -6,7 +6,8 @@ result as safetensors in the store, and records a training run of kind "sft". Th
 the base snapshot, the template's hash and the result-changing config, so training the same thing twice is a no-op.
 
 Mirrors train/dpo.py: the same run file in the model folder, the same crash points and recovery, and on several GPUs
-the same entry point runs under accelerate:
+the same entry point runs under a launcher (only the main rank writes the store), or `tsr sft` launches it itself
+when the profile names an `sft.launcher`:
 
     accelerate launch --config_file train/accelerate/zero3.yaml -m train.sft --data tsr-data --base B --ift V --eft V
 
@@ -16,6 +17,7 @@ torch, transformers and trl are imported inside the functions, so importing this
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -36,10 +38,13 @@ from train.common import (
     load_tokenizer,
     lora_config,
     rounded,
+    run_entry_point,
     train_and_save,
     trainer_arguments,
     write_run_file,
 )
+from train.distributed import SINGLE, World, main_process_writes, watch_parent
+from train.launch import INPROCESS, fit_request, launched, run_launched
 
 STAGE = "train.sft"
 CODE_VERSION = 1
@@ -71,8 +76,13 @@ def train_sft(
     *,
     template: str,
     name: str | None = None,
+    world: World = SINGLE,
 ) -> SFTResult:
-    """Fine-tune `base` on an IFT and an EFT set (either may be None, not both), register the result as an M0."""
+    """Fine-tune `base` on an IFT and an EFT set (either may be None, not both), register the result as an M0.
+
+    Runs in this process, or under `cfg.launcher`; on the main rank of a launched run, the other ranks follow
+    (`_follow`) the decision this function shares with them.
+    """
     from builder.stages.sft_data import sft_examples
 
     data_versions = [v for v in (ift_version, eft_version) if v is not None]
@@ -80,20 +90,26 @@ def train_sft(
         raise TsrError("SFT needs an IFT set, an EFT set or both")
     run_id = run_id_for(data_versions, base.snapshot_id, cfg, template)
     finished = finished_run(store, run_id)
+    examples = sft_examples(store, ift_version, eft_version, template) if finished is None else None
+    staged = staging_folder(store) if examples else None
+    world.share(str(staged) if staged else None)  # the other ranks train iff a folder is named
     if finished is not None:
         if not finished.recorded:
             _record_run(store, run_id, data_versions, base, finished.snapshot, cfg, template, finished.metrics,
                         finished.seconds)
         return SFTResult(finished.snapshot, run_id, finished.metrics, trained=False)
+    if staged is None:
+        raise TsrError(f"the SFT sets {', '.join(data_versions)} hold no examples")
 
     from datasets import Dataset
 
-    examples = sft_examples(store, ift_version, eft_version, template)
-    if not examples:
-        raise TsrError(f"the SFT sets {', '.join(data_versions)} hold no examples")
     started = time.monotonic()
-    staged = staging_folder(store)
-    metrics = _fit(base.folder(store), Dataset.from_list(examples), cfg, staged)
+    if launched(cfg) and world.size == 1:
+        metrics = run_launched(store, staged, module="train.sft", cfg=cfg, run_id=run_id, label=name or "SFT",
+                               request={"ift": ift_version, "eft": eft_version, "base": base.snapshot_id,
+                                        "template": template})
+    else:
+        metrics = _fit(base.folder(store), Dataset.from_list(examples), cfg, staged, world)
     metrics = {"ift_examples": _rows(store, ift_version), "eft_examples": _rows(store, eft_version), **metrics}
     seconds = round(time.monotonic() - started, 3)
     write_run_file(staged, {"run_id": run_id, "kind": "sft", "data_versions": data_versions,
@@ -131,7 +147,31 @@ def _record_run(store: Store, run_id: str, data_versions: list[str], base: Snaps
     )
 
 
-def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
+def _follow(store: Store, base: Snapshot, ift: str | None, eft: str | None, cfg: SFTConfig, template: str,
+            world: World) -> None:
+    """A rank other than the main one: train iff the main rank staged a folder for the model."""
+    staged = world.share(None)
+    if staged is not None:
+        _fit_examples(store, base, ift, eft, cfg, template, Path(staged), world)
+
+
+def _fit_request(store: Store, request: dict, staged: Path, world: World) -> dict:
+    """A rank of a training that `tsr` launched: the request names the sets, the base and the config."""
+    base = get_snapshot(store, request["base"])
+    return _fit_examples(store, base, request["ift"], request["eft"], SFTConfig(**request["config"]),
+                         request["template"], staged, world)
+
+
+def _fit_examples(store: Store, base: Snapshot, ift: str | None, eft: str | None, cfg: SFTConfig, template: str,
+                  staged: Path, world: World) -> dict:
+    from datasets import Dataset
+
+    from builder.stages.sft_data import sft_examples
+
+    return _fit(base.folder(store), Dataset.from_list(sft_examples(store, ift, eft, template)), cfg, staged, world)
+
+
+def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path, world: World = SINGLE) -> dict:
     """Run TRL's SFTTrainer (completion-only loss) and save the model (LoRA merged) to `output`; return metrics."""
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
@@ -147,7 +187,7 @@ def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
     peft_config = lora_config(cfg)
     trainer = SFTTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output)
+    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output, world)
     steps = [h for h in trainer.state.log_history if "loss" in h]
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     return {
@@ -163,29 +203,45 @@ def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path) -> dict:
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m train.sft", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="data root (default $TSR_HOME or ./tsr-data)")
-    parser.add_argument("--base", required=True, help="base snapshot (id, prefix or name)")
+    parser.add_argument("--base", help="base snapshot (id, prefix or name)")
     parser.add_argument("--ift", default=None, help="IFT-set version (id or unique prefix)")
     parser.add_argument("--eft", default=None, help="EFT-set version (id or unique prefix)")
     parser.add_argument("--profile", default="cpu-demo", help="profile name or YAML path (its sft section)")
     parser.add_argument("--name", default=None, help="name of the new snapshot")
+    parser.add_argument("--fit-into", default=None, help=argparse.SUPPRESS)  # set by tsr when it launches a run
     return parser
 
 
-def main(argv: list[str] | None = None) -> SFTResult:
+def main(argv: list[str] | None = None) -> SFTResult | None:
+    """Fine-tune M0; under a launcher, on every rank. Returns the result on the main rank only."""
     from builder.stages.judge import template_text
     from builder.stages.sft_data import find_set
 
     args = make_parser().parse_args(argv)
+    if args.fit_into:
+        fit_request(Path(args.fit_into), _fit_request)
+        return None
+    if args.base is None:
+        raise TsrError("--base is required")
+    world = World.from_environment()
+    if world.launched:
+        watch_parent()
     store = Store.open(args.data)
     profile = load_profile(args.profile)
+    # This entry point trains in its own processes: a launcher in the profile is for `tsr`, which runs this one.
+    cfg = dataclasses.replace(profile.sft, launcher=INPROCESS)
+    template = template_text(profile.judge)
     ift = find_set(store, args.ift, "ift").version if args.ift else None
     eft = find_set(store, args.eft, "eft").version if args.eft else None
     base = get_snapshot(store, args.base)
-    with store.writing():
-        result = train_sft(store, base, ift, eft, profile.sft, template=template_text(profile.judge), name=args.name)
+    with main_process_writes(store, world):
+        if not world.is_main:
+            _follow(store, base, ift, eft, cfg, template, world)
+            return None
+        result = train_sft(store, base, ift, eft, cfg, template=template, name=args.name, world=world)
     print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, **result.metrics}))
     return result
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run_entry_point(main)
