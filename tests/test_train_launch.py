@@ -13,7 +13,15 @@ import pytest
 from builder.config import TrainConfig, load_profile, result_fields
 from builder.errors import TsrError
 from builder.store import Store
-from train.distributed import World, batch_split, check_same_store, ensure_store_id, store_id
+from train.distributed import (
+    World,
+    batch_split,
+    check_same_store,
+    ensure_store_id,
+    launching_process,
+    parent_marker,
+    store_id,
+)
 from train.launch import _last_error, launcher_command
 
 
@@ -129,3 +137,14 @@ def test_world_comes_from_the_launcher_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "eight")
     with pytest.raises(TsrError, match="unreadable launcher environment"):
         World.from_environment()
+
+
+def test_a_rank_watches_the_launching_tsr_only_on_its_own_host():
+    import os
+    import socket
+
+    assert launching_process(parent_marker()) == os.getpid()
+    # A launcher that starts ranks on other nodes passes the environment on; that pid means nothing there.
+    assert launching_process(f"not-{socket.gethostname()}:{os.getpid()}") == 0
+    assert launching_process("") == 0
+    assert launching_process(f"{socket.gethostname()}:garbage") == 0

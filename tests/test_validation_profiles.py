@@ -151,6 +151,9 @@ BAD_SETTINGS = [
     ("[1, 2]", "a profile is a mapping of sections"),
     ("just words", "a profile is a mapping of sections"),
     ("generate: {k: 2", "invalid YAML"),
+    # YAML itself keeps the last of two equal keys; a profile that says two things is refused
+    ("train:\n  beta: 0.1\n  beta: 0.2", "invalid YAML ('beta' given twice (line 3))"),
+    ("train: {beta: 0.1}\ntrain: {beta: 0.2}", "invalid YAML ('train' given twice (line 2))"),
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from builder.store import Store
 # Collectives wait at most this long: the main process may hash a large store before the ranks start, and a 70B
 # model takes minutes to gather and save. The launcher still stops every rank as soon as one fails.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
-PARENT_ENV = "TSR_PARENT_PID"  # set by `tsr` for the processes it launches: they exit if it dies
+PARENT_ENV = "TSR_PARENT"  # "host:pid" of the `tsr` that launched a training: its ranks on that host exit if it dies
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,20 @@ def main_process_writes(store: Store, world: World) -> Iterator[None]:
 # ---- no orphans -------------------------------------------------------------------------------------------------
 
 
+def parent_marker() -> str:
+    """The value of PARENT_ENV for the processes this one launches."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def launching_process(marker: str) -> int:
+    """The pid of the `tsr` that launched this rank, or 0 when none did or it runs on another host.
+
+    A launcher that starts ranks on other nodes passes the environment on; a pid only means something on its host.
+    """
+    host, _, pid = marker.rpartition(":")
+    return int(pid) if pid.isdigit() and host == socket.gethostname() else 0
+
+
 def watch_parent(poll_seconds: float = 1.0) -> None:
     """Exit at once when the launcher that started this rank (or the `tsr` command behind it) has died.
 
@@ -153,7 +168,7 @@ def watch_parent(poll_seconds: float = 1.0) -> None:
     scratch folder after the next writer has cleared it.
     """
     parent = os.getppid()
-    owner = int(os.environ.get(PARENT_ENV) or 0)
+    owner = launching_process(os.environ.get(PARENT_ENV, ""))
 
     def gone() -> bool:
         if os.getppid() != parent:

@@ -43,8 +43,8 @@ from train.common import (
     trainer_arguments,
     write_run_file,
 )
-from train.distributed import SINGLE, World, main_process_writes, watch_parent
-from train.launch import INPROCESS, fit_request, launched, run_launched
+from train.distributed import SINGLE, World, main_process_writes
+from train.launch import INPROCESS, fit_request, launched, run_launched, this_rank
 
 STAGE = "train.dpo"
 CODE_VERSION = 1
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
         return None
     if args.pairs is None:
         raise TsrError("--pairs is required")
-    world = World.from_environment()
-    if world.launched:
-        watch_parent()
+    world = this_rank()
     store = Store.open(args.data)
     # This entry point trains in its own processes: a launcher in the profile is for `tsr`, which runs this one.
     cfg = dataclasses.replace(load_profile(args.profile).train, launcher=INPROCESS)
@@ -224,7 +222,8 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
             _follow(store, manifest.version, start, cfg, world)
             return None
         result = train_dpo(store, manifest.version, start, cfg, world=world)
-    print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, **result.metrics}))
+    print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, "processes": world.size,
+                      **result.metrics}))
     return result
 
 

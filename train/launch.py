@@ -29,7 +29,14 @@ from typing import Any
 
 from builder.errors import TsrError
 from builder.store import Store, now_utc
-from train.distributed import PARENT_ENV, World, check_same_store, ensure_store_id, watch_parent
+from train.distributed import (
+    PARENT_ENV,
+    World,
+    check_same_store,
+    ensure_store_id,
+    parent_marker,
+    watch_parent,
+)
 
 INPROCESS = "inprocess"
 CONFIGS_PLACEHOLDER = "{accelerate_configs}"
@@ -99,7 +106,7 @@ def run_launched(store: Store, staged: Path, *, module: str, cfg: Any, request: 
         sink.write(f"==> {now_utc()}  {shlex.join(argv)}\n")
         sink.flush()
         status = _wait(subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, PARENT_ENV: str(os.getpid())}, start_new_session=True))
+                                        env={**os.environ, PARENT_ENV: parent_marker()}, start_new_session=True))
     if status != 0:
         raise TsrError(f"training {label} failed ({Path(command[0]).name} exited with {status}): "
                        f"{_last_error(log)} (log: {log})")
@@ -156,11 +163,17 @@ def _last_error(log: Path) -> str:
 FitFunction = Callable[[Store, dict, Path, World], dict]
 
 
-def fit_request(staged: Path, fit: FitFunction) -> None:
-    """One rank of a launched training: read the request, train, and (main rank) write the metrics."""
+def this_rank() -> World:
+    """This process's place in the world; a rank started by a launcher exits when its launcher dies."""
     world = World.from_environment()
     if world.launched:
         watch_parent()
+    return world
+
+
+def fit_request(staged: Path, fit: FitFunction) -> None:
+    """One rank of a launched training: read the request, train, and (main rank) write the metrics."""
+    world = this_rank()
     try:
         request = json.loads(request_path(staged).read_text("utf-8"))
     except (OSError, ValueError) as exc:

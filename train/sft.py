@@ -43,8 +43,8 @@ from train.common import (
     trainer_arguments,
     write_run_file,
 )
-from train.distributed import SINGLE, World, main_process_writes, watch_parent
-from train.launch import INPROCESS, fit_request, launched, run_launched
+from train.distributed import SINGLE, World, main_process_writes
+from train.launch import INPROCESS, fit_request, launched, run_launched, this_rank
 
 STAGE = "train.sft"
 CODE_VERSION = 1
@@ -223,9 +223,7 @@ def main(argv: list[str] | None = None) -> SFTResult | None:
         return None
     if args.base is None:
         raise TsrError("--base is required")
-    world = World.from_environment()
-    if world.launched:
-        watch_parent()
+    world = this_rank()
     store = Store.open(args.data)
     profile = load_profile(args.profile)
     # This entry point trains in its own processes: a launcher in the profile is for `tsr`, which runs this one.
@@ -239,7 +237,8 @@ def main(argv: list[str] | None = None) -> SFTResult | None:
             _follow(store, base, ift, eft, cfg, template, world)
             return None
         result = train_sft(store, base, ift, eft, cfg, template=template, name=args.name, world=world)
-    print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, **result.metrics}))
+    print(json.dumps({"snapshot": result.snapshot.snapshot_id, "run": result.run_id, "processes": world.size,
+                      **result.metrics}))
     return result
 
 
