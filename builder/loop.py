@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from builder.backends.base import Generator
+from builder.backends.loading import ModelSpec, default_generator_factory, generator_spec, reward_spec
 from builder.config import Profile
 from builder.errors import TsrError
 from builder.snapshot import Snapshot
 from builder.stages import pair_rules
+from builder.stages.base import Executor
 from builder.stages.generate import GenerationSet, generate
 from builder.stages.judge import JudgmentSet, judge
 from builder.stages.pairs import Pool, materialize, scored_frame
+from builder.stages.prompts import prompt_chunk
+from builder.stages.ray_executor import executor_for
 from builder.store import Store
 
 METHODS = ("tsr", "sr", "tsr-past")
@@ -39,41 +43,6 @@ class IterationResult:
     future: Snapshot | None = None
 
 
-def prompt_chunk(store: Store, prompt_set: str, chunk: int, limit: int | None = None) -> pl.DataFrame:
-    """Prompts (prompt_id, text) of one chunk of a prompt set, in file order, optionally only the first `limit`."""
-    table = pl.from_arrow(store.read("prompts", versions=[prompt_set]))
-    assert isinstance(table, pl.DataFrame)
-    selected = table.filter(pl.col("chunk") == chunk).sort("position").select("prompt_id", "text")
-    if selected.is_empty():
-        raise TsrError(f"prompt set {prompt_set} has {table['chunk'].max()} chunk(s); chunk {chunk} does not exist")
-    return selected.head(limit) if limit else selected
-
-
-def reward_loader(store: Store, snapshot: Snapshot) -> Callable[[], Generator]:
-    """Loads a reward-model judge (a snapshot registered with role "reward")."""
-
-    def load():
-        from builder.backends.reward import RewardScorer
-        from builder.progress import quiet_libraries
-
-        quiet_libraries()
-        return RewardScorer(snapshot.folder(store))
-
-    return load
-
-
-def default_generator_factory(store: Store, profile: Profile) -> Callable[[Snapshot], Generator]:
-    def make(snapshot: Snapshot) -> Generator:
-        from builder.backends.base import get_generator
-        from builder.progress import quiet_libraries
-
-        quiet_libraries()
-        return get_generator(profile.generate.backend, snapshot.folder(store),
-                             batch_size=profile.generate.batch_size)
-
-    return make
-
-
 class Loop:
     """Builds the pairs of any iteration for one method; one loaded model at a time."""
 
@@ -87,6 +56,7 @@ class Loop:
         method: str = "tsr",
         judge: Snapshot | None = None,
         generator_factory: Callable[[Snapshot], Generator] | None = None,
+        executor: Executor | None = None,
     ):
         if method not in METHODS:
             raise TsrError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -97,6 +67,9 @@ class Loop:
         self.method = method
         self.fixed_judge = judge
         self.make_generator = generator_factory or default_generator_factory(store, profile)
+        # A model other executors can load too; a custom factory (a scripted model in tests) has none.
+        self._specs = generator_factory is None
+        self.executor = executor or executor_for(profile.executor)
         self.seconds: dict[str, float] = defaultdict(float)
         self.work: dict[str, int] = {"generated": 0, "judged": 0, "trained": 0}  # what was computed, not reused
         self.results: dict[int, IterationResult] = {}
@@ -118,6 +91,12 @@ class Loop:
             return self._loaded[1]
 
         return load
+
+    def spec_for(self, snapshot: Snapshot) -> Callable[[], ModelSpec] | None:
+        """The model as other executors load it; made only when a stage has work (it may resolve a download)."""
+        if snapshot.role == "reward":
+            return lambda: reward_spec(self.store, snapshot)
+        return (lambda: generator_spec(self.store, snapshot, self.profile)) if self._specs else None
 
     def policy(self, n: int) -> Snapshot:
         """M_n: M0 for n = 0, else M_{n-1} trained on iteration n's final pairs."""
@@ -144,7 +123,8 @@ class Loop:
         started = time.monotonic()
         result = generate(self.store, snapshot_id=snapshot.snapshot_id, prompts=prompts, prompt_set=self.prompt_set,
                           sample_indices=list(indices), cfg=self.profile.generate,
-                          load_generator=self.generator_for(snapshot), label=label)
+                          load_generator=self.generator_for(snapshot), spec=self.spec_for(snapshot),
+                          executor=self.executor, label=label)
         self.seconds["generate"] += time.monotonic() - started
         self.work["generated"] += result.generated
         return result
@@ -152,9 +132,11 @@ class Loop:
     def _judge(self, judge_snapshot: Snapshot, generations: GenerationSet, label: str) -> JudgmentSet:
         started = time.monotonic()
         reward = judge_snapshot.role == "reward"
-        loader = reward_loader(self.store, judge_snapshot) if reward else self.generator_for(judge_snapshot)
+        spec = self.spec_for(judge_snapshot)
+        loader = (lambda: spec().load()) if reward else self.generator_for(judge_snapshot)
         result = judge(self.store, judge_id=judge_snapshot.snapshot_id, generation_ids=generations.generation_ids,
-                       cfg=self.profile.judge, load_generator=loader, reward=reward, label=label)
+                       cfg=self.profile.judge, load_generator=loader, spec=spec, executor=self.executor,
+                       reward=reward, label=label)
         self.seconds["judge"] += time.monotonic() - started
         self.work["judged"] += result.judged
         return result

@@ -30,18 +30,12 @@ import polars as pl
 import pyarrow as pa
 
 from builder.errors import TsrError
-from builder.faults import crash_point
-from builder.fingerprint import content_hash, stage_fingerprint
-from builder.store import Store, now_utc
-from schemas.tables import EMBEDDINGS
+from builder.stages.embed import check_text_kind
+from builder.store import Store
 
 METHODS = ("sr", "tsr-past", "tsr")  # display order: baseline first
 FINAL_PHASE = {"sr": "sr", "tsr-past": "d1", "tsr": "d2"}  # the pairs that train M_{i+1}
-TEXT_KINDS = ("response", "chat")
 FORMATS = ("table", "csv", "json", "markdown")
-
-EMBED_STAGE = "embed"
-EMBED_CODE_VERSION = 1
 
 # The tables each query reads; only their files are checksummed before a query runs.
 _READS = {
@@ -63,13 +57,6 @@ class JudgeKey:
     judge_samples: int
     temperature: float
     max_new_tokens: int
-
-
-@dataclass(frozen=True)
-class EmbeddingSet:
-    version: str
-    computed: int
-    reused: int
 
 
 # ---- queries ----------------------------------------------------------------------------------------------------
@@ -171,7 +158,7 @@ def diagnostics(
                       max_new_tokens=judge.max_new_tokens)
         reads.add("judgments")
     if snapshot_id is not None:
-        _check_text_kind(text_kind)
+        check_text_kind(text_kind)
         columns += ["coalesce(s.embedded_pairs, 0) as embedded_pairs", "s.mean_similarity as similarity"]
         joins.append(
             f"left join (select * from {_named('pair_similarity')} where embedding_snapshot_id = $snapshot_id "
@@ -206,179 +193,6 @@ def pair_generation_ids(store: Store, *, method: str | None = None, iteration: i
            "select distinct generation_id from (select chosen_generation_id as generation_id from p "
            "union all select rejected_generation_id from p) order by generation_id")
     return run_sql(store, sql, params, reads=["pairs"]).column("generation_id").to_pylist()
-
-
-# ---- similarity: cached hidden-state means ------------------------------------------------------------------------
-
-
-def _check_text_kind(text_kind: str) -> None:
-    if text_kind not in TEXT_KINDS:
-        raise TsrError(f"unknown text kind {text_kind!r}; use {' or '.join(TEXT_KINDS)}")
-
-
-def embedding_id(generation_id: str, snapshot_id: str, text_kind: str) -> str:
-    return content_hash({"generation": generation_id, "snapshot": snapshot_id, "text": text_kind})
-
-
-def embed(
-    store: Store,
-    *,
-    snapshot_id: str,
-    generation_ids: Sequence[str],
-    text_kind: str = "response",
-    load_generator: Callable[[], Any],
-    batch_size: int = 16,
-    label: str = "embed",
-) -> EmbeddingSet:
-    """Materialize the mean last-layer hidden state of every generation under `snapshot_id` (cached, resumable).
-
-    `load_generator` returns an object with `hidden_state_means(texts)` (HFGenerator) and, for `chat`,
-    `render(messages, continuation)`; it is only called when something is missing. Rows that exist under any
-    version are reused; finished batches are staged so a killed run resumes after them.
-    """
-    from builder.progress import Progress
-    from builder.stages.generate import existing_ids
-
-    _check_text_kind(text_kind)
-    if batch_size < 1:
-        raise TsrError(f"batch size must be at least 1, got {batch_size}")
-    ids = sorted(set(generation_ids))
-    generations = pl.from_arrow(store.read("generations").select(["generation_id", "prompt_id", "text", "version"]))
-    assert isinstance(generations, pl.DataFrame)
-    wanted = pl.DataFrame({"generation_id": ids}, schema={"generation_id": pl.String}).with_columns(
-        pl.col("generation_id").map_elements(lambda gid: embedding_id(gid, snapshot_id, text_kind),
-                                             return_dtype=pl.String).alias("embedding_id")
-    ).join(generations, on="generation_id", how="left")
-    if wanted["text"].null_count():
-        raise TsrError(f"{wanted['text'].null_count()} generation(s) to embed are not in {store.root}")
-    parents = sorted(set(wanted["version"].to_list()))
-    config = {"text_kind": text_kind, "generations": content_hash(ids)}
-    version = stage_fingerprint(EMBED_STAGE, EMBED_CODE_VERSION, config, parents, snapshot_id)
-    if store.manifest(version) is not None:
-        return EmbeddingSet(version, computed=0, reused=len(ids))
-
-    done = existing_ids(store, "embeddings", "embedding_id", snapshot_id)
-    done |= set(store.staged(version, "embeddings").column("embedding_id").to_pylist())
-    missing = wanted.filter(~pl.col("embedding_id").is_in(list(done)))
-    if missing.height:
-        if text_kind == "chat":
-            prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"]))
-            assert isinstance(prompts, pl.DataFrame)
-            missing = missing.join(prompts.unique("prompt_id").rename({"text": "prompt"}), on="prompt_id",
-                                   how="left")
-            if missing["prompt"].null_count():
-                raise TsrError(f"{missing['prompt'].null_count()} prompt(s) of generations to embed are not in "
-                               f"{store.root}")
-        generator = load_generator()
-        rows_all = missing.to_dicts()
-        with Progress(label, total=len(rows_all)) as progress:
-            for start in range(0, len(rows_all), batch_size):
-                chunk = rows_all[start : start + batch_size]
-                if text_kind == "chat":
-                    texts = [generator.render([{"role": "user", "content": r["prompt"]}], r["text"])
-                             for r in chunk]
-                else:
-                    texts = [r["text"] for r in chunk]
-                means = generator.hidden_state_means(texts)
-                created = now_utc()
-                batch = pa.table({
-                    "embedding_id": [r["embedding_id"] for r in chunk],
-                    "generation_id": [r["generation_id"] for r in chunk],
-                    "snapshot_id": [snapshot_id] * len(chunk),
-                    "text_kind": [text_kind] * len(chunk),
-                    "mean_hidden": pa.array(means, type=pa.list_(pa.float32())),
-                    "version": [version] * len(chunk),
-                    "created_at": pa.array([created] * len(chunk), type=EMBEDDINGS.field("created_at").type),
-                })
-                store.stage_batch(version, "embeddings", batch)
-                progress.update(len(chunk))
-                crash_point("embed.after-batch")
-    staged = store.staged(version, "embeddings")
-    store.write_version(
-        version=version, stage=EMBED_STAGE, code_version=EMBED_CODE_VERSION, table="embeddings", data=staged,
-        partition={"snapshot": snapshot_id}, config=config, parents=parents, snapshot_id=snapshot_id,
-        stats={"requested": len(ids), "computed": missing.height, "reused": len(ids) - missing.height},
-    )
-    store.clear_staged(version)
-    return EmbeddingSet(version, computed=missing.height, reused=len(ids) - missing.height)
-
-
-# ---- the fixed judge --------------------------------------------------------------------------------------------
-
-
-def judge_key(store: Store, judgment_id: str) -> JudgeKey:
-    """The settings of one stored judgment, to select that judge's scores in rescored_gap."""
-    sql = ("select judge_id, template_hash, mode, judge_samples, temperature, max_new_tokens from judgments "
-           "where judgment_id = $id limit 1")
-    rows = run_sql(store, sql, {"id": judgment_id}, reads=["judgments"]).to_pylist()
-    if not rows:
-        raise TsrError(f"judgment {judgment_id} is not in {store.root}")
-    return JudgeKey(**rows[0])
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What `prepare` found or computed for the diagnostics: the embedding snapshot and the rescoring judge."""
-
-    snapshot_id: str | None = None
-    judge: JudgeKey | None = None
-    embedded: int = 0
-    rescored: int = 0
-
-
-def prepare(
-    store: Store,
-    *,
-    method: str | None = None,
-    iteration: int | None = None,
-    snapshot_ref: str | None = None,
-    text_kind: str = "response",
-    judge_ref: str | None = None,
-    profile: str | None = None,
-    batch_size: int = 16,
-) -> Prepared:
-    """Compute whatever the diagnostics need and the store lacks (hidden-state means under `snapshot_ref`, the
-    fixed judge's judgments of every chosen and rejected response); reuse the rest. Loads a model only for work
-    that is missing."""
-    if snapshot_ref is None and judge_ref is None:
-        return Prepared()
-    from builder.snapshot import get_snapshot
-
-    _check_text_kind(text_kind)
-    snapshot_id, key, embedded, rescored = None, None, 0, 0
-    with store.writing():
-        generation_ids = pair_generation_ids(store, method=method, iteration=iteration)
-        if snapshot_ref is not None and not generation_ids:  # no pairs (yet): nothing to embed, and no columns
-            snapshot_id = get_snapshot(store, snapshot_ref).snapshot_id
-        elif snapshot_ref is not None:
-            snap = get_snapshot(store, snapshot_ref)
-            snapshot_id = snap.snapshot_id
-
-            def load_hf():
-                from builder.backends.base import get_generator
-                from builder.progress import quiet_libraries
-
-                quiet_libraries()
-                return get_generator("hf", snap.folder(store), batch_size=batch_size)
-
-            result = embed(store, snapshot_id=snapshot_id, generation_ids=generation_ids, text_kind=text_kind,
-                           load_generator=load_hf, batch_size=batch_size, label=f"embed under {snap.name}")
-            embedded = result.computed
-        if judge_ref is not None and generation_ids:
-            from builder.config import load_profile
-            from builder.loop import default_generator_factory, reward_loader
-            from builder.stages.judge import judge
-
-            settings = load_profile(profile)
-            judge_snap = get_snapshot(store, judge_ref)
-            reward = judge_snap.role == "reward"
-            factory = default_generator_factory(store, settings)
-            loader = reward_loader(store, judge_snap) if reward else (lambda: factory(judge_snap))
-            judged = judge(store, judge_id=judge_snap.snapshot_id, generation_ids=generation_ids, cfg=settings.judge,
-                           load_generator=loader, reward=reward, label=f"rescore by {judge_snap.name}")
-            key = judge_key(store, judged.judgment_ids[0])
-            rescored = judged.judged
-    return Prepared(snapshot_id, key, embedded, rescored)
 
 
 # ---- rendering --------------------------------------------------------------------------------------------------

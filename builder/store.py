@@ -367,6 +367,41 @@ class Store:
         self._manifests = None
         return Manifest(manifest)
 
+    def install_version(self, manifest_bytes: bytes, files: dict[str, Path]) -> Manifest:
+        """Place a version another store made (pulled from the Hub) exactly as it was made: each file the manifest
+        lists, copied byte for byte from `files` (manifest path -> local file), then the manifest itself, last.
+
+        The same write path as `write_version`: files are copied under _tmp, checked there against the manifest's
+        size and sha256, renamed into place under an intent, and the manifest is the completion marker. A writer
+        only (inside `writing()`); a version that exists already is a no-op.
+        """
+        if not self._writing:
+            raise RuntimeError("versions are installed only inside writing()")
+        try:
+            data = json.loads(manifest_bytes)
+        except ValueError:
+            raise TsrError("the manifest to install is not valid JSON") from None
+        check_manifest(data, "the manifest to install")
+        existing = self.manifest(data["version"])
+        if existing is not None:
+            return existing
+        with self.placing([entry["path"] for entry in data["files"]], version=data["version"]):
+            for entry in data["files"]:
+                tmp = self._tmp_path(Path(entry["path"]).suffix)
+                shutil.copyfile(files[entry["path"]], tmp)
+                _fsync_file(tmp)
+                if tmp.stat().st_size != entry["bytes"] or file_sha256(str(tmp)) != entry["sha256"]:
+                    raise TsrError(f"{files[entry['path']]}: does not match the manifest of version "
+                                   f"{data['version']} (size or sha256)")
+                target = self.root / entry["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+                self.remember_verified(entry["path"], entry["sha256"])
+            self._write_atomic(self.root / "manifests" / f"{data['version']}.json", manifest_bytes)
+        self._manifests = None
+        return Manifest(data)
+
     # ---- intents: what a writer is about to place, so a cleanup removes only what tsr wrote ------------------
 
     @contextlib.contextmanager

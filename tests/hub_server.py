@@ -25,9 +25,9 @@ or commit ids, URL-quoted as the client sends them):
 Errors carry the Hub's `X-Error-Code` header (RepoNotFound, RevisionNotFound, EntryNotFound) so the client raises
 its usual exceptions. Failure switches for tests: `fail_commits(mode)` fails every commit after its body is read
 ("500": an error status; "drop": the connection is closed without an answer; "lost": the commit is applied, then
-the connection closed) until `fail_commits(None)`; `fail_next(n, status, match, message)` answers the next n
-requests whose path contains `match` with `status` (the message may echo the request's `{authorization}` header,
-like a leaky proxy, to test that clients scrub it).
+the connection closed) until `fail_commits(None)`; `fail_next(n, status, match, message, code)` answers the next n
+requests whose path contains `match` with `status` and, if given, that `X-Error-Code` (the message may echo the
+request's `{authorization}` header, like a leaky proxy, to test that clients scrub it).
 The server binds 127.0.0.1 only and refuses bodies over MAX_BODY bytes.
 """
 
@@ -114,7 +114,8 @@ class HubServer:
         self.requests: list[tuple[str, str, bool]] = []
         self.authorizations: set[str] = set()
         self._commit_failure: str | None = None
-        self._failures: list[tuple[str, int, str]] = []  # (path substring, status, message), consumed in order
+        # (path substring, status, message, X-Error-Code or None), consumed in order
+        self._failures: list[tuple[str, int, str, str | None]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -151,17 +152,18 @@ class HubServer:
         self._commit_failure = mode
 
     def fail_next(self, count: int, status: int = 503, match: str = "/api/",
-                  message: str = "injected transient failure") -> None:
-        """Answer the next `count` requests whose path contains `match` with `status` (after reading the body)."""
+                  message: str = "injected transient failure", code: str | None = None) -> None:
+        """Answer the next `count` requests whose path contains `match` with `status` (after reading the body),
+        and `code` as the Hub's X-Error-Code (e.g. "RepoNotFound", which the client reads as a missing repo)."""
         with self.lock:
-            self._failures.extend([(match, status, message)] * count)
+            self._failures.extend([(match, status, message, code)] * count)
 
-    def _take_failure(self, path: str) -> tuple[int, str] | None:
+    def _take_failure(self, path: str) -> tuple[int, str, str | None] | None:
         with self.lock:
-            for i, (match, status, message) in enumerate(self._failures):
+            for i, (match, status, message, code) in enumerate(self._failures):
                 if match in path:
                     del self._failures[i]
-                    return status, message
+                    return status, message, code
         return None
 
     # ---- introspection for tests --------------------------------------------------------------------------------
@@ -320,8 +322,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             failure = self.hub._take_failure(url.path)
             if failure is not None:
-                status, message = failure
-                raise HubError(status, message.replace("{authorization}", authorization or ""))
+                status, message, code = failure
+                raise HubError(status, message.replace("{authorization}", authorization or ""), code)
             self._route(method, url.path, parse_qs(url.query), body)
         except HubError as exc:
             self._send_json({"error": exc.message, **exc.extra}, exc.status, error_code=exc.code)

@@ -2,8 +2,8 @@
 
 The store is a real one: iteration 1 of the loop on the tiny random llama (as in test_loop.py), built once.
 huggingface_hub reads HF_ENDPOINT when it is imported, and another test module may have imported it already, so
-in-process calls get the endpoint from builder.hub (which reads it per call); subprocesses (the console script,
-`load_dataset`) get it the usual way, from their environment.
+in-process calls get the endpoint from builder.hub.transport (which reads it per call); subprocesses (the console
+script, `load_dataset`) get it the usual way, from their environment.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def pair_versions(root: Path) -> dict[str, str]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under `root` (the verify cache aside) and its sha256."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and "_cache" not in p.parts}
+    """Every file under `root` with its sha256, and every folder: the verify cache and the lock included."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(root.rglob("*"))}
 
 
 def test_push_uploads_tables_card_manifests_and_tags(hub, source, pushed):
@@ -147,6 +147,8 @@ def test_pull_into_an_empty_store(tsr, hub, source, pushed, data_root):
     out = tsr("pull", REPO).output
     count = len(Store.open(source).manifests())
     assert f"{count} version(s) restored, 0 already present" in out
+    # Installed through the store's write path, which records the checksums of what it placed.
+    assert (data_root / "_cache" / "verified.json").is_file() and not list((data_root / "_intents").iterdir())
     for manifest in Store.open(source).manifests():
         name = f"manifests/{manifest.version}.json"
         assert (data_root / name).read_bytes() == (source / name).read_bytes()
@@ -183,6 +185,86 @@ def test_pull_a_tag_and_refuse_a_conflicting_local_version(tsr, hub, source, pus
     assert "different content" in result.output and prompts.version in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert tree_digest(data_root) == before
+
+
+def test_a_push_leaves_the_store_byte_identical(tsr, tmp_path, hub, source):
+    """Every file and folder of the store, the verify cache included, is the same after a push and a subset push.
+    The copy has no verify cache, so the push checksums every file: a verify that recorded them would write one."""
+    import shutil
+
+    store = tmp_path / "copy"
+    shutil.copytree(source, store, symlinks=True)
+    shutil.rmtree(store / "_cache")
+    before = tree_digest(store)
+    assert "pushed" in tsr("--data", str(store), "push", "tester/read-only").output
+    assert "pushed" in tsr("--data", str(store), "push", "tester/read-only-subset", "--pairs",
+                           pair_versions(store)["d1"][:8]).output
+    assert tree_digest(store) == before
+
+
+@pytest.fixture(scope="module")
+def two_methods(tmp_path_factory, source) -> Path:
+    """`source` plus iteration 1's SR pairs (from the same M0, reusing its generations and judgments)."""
+    import shutil
+
+    from builder.cli import cli
+
+    root = tmp_path_factory.mktemp("two-methods") / "tsr-data"
+    shutil.copytree(source, root, symlinks=True)
+    profile = source.parent / "tiny.yaml"
+    result = CliRunner().invoke(cli, ["--data", str(root), "pairs", "--iter", "1", "--method", "sr", "--m0", "tiny",
+                                      "--profile", str(profile)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_the_card_of_a_subset_push_shows_only_what_was_pushed(tsr, hub, two_methods, monkeypatch):
+    import builder.plots
+
+    drawn: list[set[str]] = []  # the pair versions behind each plot, as the plotting functions receive them
+    for name in ("bar_chart", "score_histograms"):
+        original = getattr(builder.plots, name)
+
+        def record(frame, *args, _original=original, **kwargs):
+            drawn.append(set(frame["pair_version"].to_list()))
+            return _original(frame, *args, **kwargs)
+
+        monkeypatch.setattr(builder.plots, name, record)
+    repo = "tester/sr-only"
+    store = Store.open(two_methods)
+    sr = next(m.version for m in store.manifests(table="pairs") if m.config["method"] == "sr")
+    kept_back = [m.version for m in store.manifests(table="pairs") if m.version != sr]
+    out = tsr("--data", str(two_methods), "push", repo, "--pairs", sr[:10]).output
+    assert "pushed" in out and all(v not in out for v in kept_back)
+    files = hub.head(repo).files
+    card = hub.read(repo, "README.md").decode()
+    configs = {c["config_name"] for c in yaml.safe_load(card.split("---")[1])["configs"]}
+    assert {c for c in configs if c.startswith("pairs-")} == {"pairs-sr-iter1"}
+    assert all(v not in card for v in kept_back) and "pairs-tsr" not in card
+    stats = pq.read_table(hub.blobs / files["data/stats/stats.parquet"]).to_pylist()
+    assert [s["version"] for s in stats if s["kind"] == "pairs"] == [sr]
+    # The plots are drawn from the pushed pair version alone (before, from every pair version of the store).
+    assert drawn == [{sr}, {sr}]
+    assert "](plots/gap.png)" in card and "plots/gap.png" in files and "plots/scores.png" in files
+
+
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_refused_token_names_the_access_it_needs(tsr, hub, source, pushed, command):
+    """A pull needs read access, a push write access: a 401 says which, in one line."""
+    access = {"pull": "read", "push": "write"}[command]
+    args = ["pull", REPO] if command == "pull" else ["--data", str(source), "push", "tester/refused"]
+    match = "/api/datasets/" if command == "pull" else "/commit/"
+    # A token the Hub rejects, then a 401 the client reads as "no such repo" (what the Hub says of a private repo
+    # the token may not see).
+    hub.fail_next(1, 401, match=match, message="Invalid credentials in Authorization header")
+    refused = tsr(*args, expect=1).output
+    hub.fail_next(1, 401, match=match, message="Repository not found", code="RepoNotFound")
+    hidden = tsr(*args, expect=1).output
+    other = "write" if access == "read" else "read"
+    assert "not authorized (HTTP 401)" in refused and "no such dataset repo" in hidden
+    for output in (refused, hidden):
+        assert len(output.strip().splitlines()) == 1 and f"{access} access" in output
+        assert f"{other} access" not in output
 
 
 def test_load_dataset_gives_conversational_pairs(tmp_path, hub, source, pushed):

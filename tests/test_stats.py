@@ -13,6 +13,7 @@ import pytest
 
 from builder import stats
 from builder.snapshot import Snapshot, register
+from builder.stages.embed import embed
 from builder.store import Store
 from schemas.tables import GENERATIONS, JUDGMENTS, PAIRS, PROMPTS
 
@@ -125,7 +126,7 @@ class FakeEncoder:
 def embed_all(store: Store, snapshot_id: str = "m0", text_kind: str = "response") -> tuple[FakeEncoder, object]:
     encoder = FakeEncoder()
     with store.writing():
-        result = stats.embed(store, snapshot_id=snapshot_id, generation_ids=stats.pair_generation_ids(store),
+        result = embed(store, snapshot_id=snapshot_id, generation_ids=stats.pair_generation_ids(store),
                              text_kind=text_kind, load_generator=lambda: encoder, batch_size=3)
     return encoder, result
 
@@ -280,9 +281,9 @@ def test_similarity_is_computed_once_and_cached(store):
         raise AssertionError("the model must not load when everything is cached")
 
     with store.writing():
-        again = stats.embed(store, snapshot_id="m0", generation_ids=stats.pair_generation_ids(store),
+        again = embed(store, snapshot_id="m0", generation_ids=stats.pair_generation_ids(store),
                             load_generator=never)
-        partly = stats.embed(store, snapshot_id="m0", generation_ids=["g1", "g2"], load_generator=never)
+        partly = embed(store, snapshot_id="m0", generation_ids=["g1", "g2"], load_generator=never)
     assert (again.computed, partly.computed, partly.reused) == (0, 0, 2)
     embedded = pl.from_arrow(store.read("embeddings"))
     assert embedded.height == 8 and embedded["embedding_id"].is_unique().all()

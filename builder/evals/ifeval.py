@@ -29,6 +29,7 @@ from builder.errors import TsrError
 from builder.evals.nltk_offline import INSTALL, use_offline_punkt
 from builder.fingerprint import canonical_json, content_hash, stage_fingerprint
 from builder.readers import jsonl_records, read_utf8
+from builder.stages.base import LOCAL, Executor
 from builder.stages.generate import generate
 from builder.stages.prompts import Chunking, import_prompts, prompt_id
 from builder.store import Store, now_utc
@@ -214,6 +215,8 @@ def ifeval(
     path: Path,
     generate_cfg: GenerateConfig,
     load_generator: Callable[[], Generator],
+    spec=None,
+    executor: Executor = LOCAL,
 ) -> IFEvalResult:
     """Answer the file's prompts with `snapshot_id` (cached generations), check them, store one row per prompt."""
     rows = read_ifeval(path)
@@ -222,7 +225,8 @@ def ifeval(
     prompts = pl.DataFrame({"prompt_id": [prompt_id(r.prompt) for r in rows], "text": [r.prompt for r in rows]})
     unique = prompts.unique("prompt_id", maintain_order=True)
     answers = generate(store, snapshot_id=snapshot_id, prompts=unique, prompt_set=manifest.version,
-                       sample_indices=[0], cfg=generate_cfg, load_generator=load_generator, label="answer")
+                       sample_indices=[0], cfg=generate_cfg, load_generator=load_generator, spec=spec,
+                       executor=executor, label="answer")
     by_prompt = dict(zip(unique["prompt_id"].to_list(), answers.generation_ids))
     from importlib import metadata
 

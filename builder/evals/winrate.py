@@ -22,7 +22,6 @@ better) over both orders, 0.5 for an unbiased judge.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -36,11 +35,11 @@ from builder import judging
 from builder.backends.base import Generator, GenRequest, SamplingSettings
 from builder.config import GenerateConfig, result_fields
 from builder.errors import TsrError
-from builder.fingerprint import content_hash, stage_fingerprint
-from builder.progress import Progress
+from builder.fingerprint import content_hash
 from builder.readers import read_text_file
+from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stage
 from builder.stages.generate import generate
-from builder.store import Store, now_utc
+from builder.store import Store
 from schemas.tables import EVALS
 
 STAGE = "eval.winrate"
@@ -205,11 +204,15 @@ def winrate(
     reward: bool = False,
     resamples: int = 1000,
     bootstrap_seed: int = 0,
+    generator_spec: Callable[[str], Any] | None = None,
+    judge_spec: Callable[[], Any] | None = None,
+    executor: Executor = LOCAL,
 ) -> WinRate:
     """Answer every prompt with A and B (cached generations), judge each pair in both orders, store the rows.
 
     `load_generator(snapshot_id)` loads a model to answer with; `load_judge()` the judge (a Generator, or with
-    `reward` a RewardScorer). Both are only called when something is missing.
+    `reward` a RewardScorer). Both are only called when something is missing. `generator_spec(snapshot_id)` and
+    `judge_spec()` give their ModelSpecs, for executors that load models in their own workers.
     """
     if snapshot_a == snapshot_b:
         raise TsrError("--a and --b name the same snapshot; a win rate compares two")
@@ -217,7 +220,9 @@ def winrate(
     for side, snapshot_id in (("a", snapshot_a), ("b", snapshot_b)):
         answers[side] = generate(store, snapshot_id=snapshot_id, prompts=prompts, prompt_set=prompt_set,
                                  sample_indices=[0], cfg=generate_cfg,
-                                 load_generator=lambda s=snapshot_id: load_generator(s), label=f"answer ({side})")
+                                 load_generator=lambda s=snapshot_id: load_generator(s),
+                                 spec=(lambda s=snapshot_id: generator_spec(s)) if generator_spec else None,
+                                 executor=executor, label=f"answer ({side})")
     template = None if reward else template_text(judge_settings.template)
     if reward:
         settings = {"mode": "reward"}
@@ -232,66 +237,53 @@ def winrate(
     wanted = pl.DataFrame({
         "prompt_id": prompts["prompt_id"], "prompt": prompts["text"],
         "generation_id": answers["a"].generation_ids, "other_generation_id": answers["b"].generation_ids,
-    }).join(texts, on="generation_id", how="left").join(
+    }).join(texts, on="generation_id", how="left", maintain_order="left").join(
         texts.rename({"generation_id": "other_generation_id", "text": "other_text",
-                      "completion_tokens": "other_completion_tokens"}), on="other_generation_id", how="left")
+                      "completion_tokens": "other_completion_tokens"}), on="other_generation_id", how="left",
+        maintain_order="left")
     wanted = wanted.with_columns(pl.struct("generation_id", "other_generation_id").map_elements(
         lambda r: eval_id(r["generation_id"], r["other_generation_id"], judge_id, settings),
         return_dtype=pl.String).alias("eval_id"))
     config = {"judge": judge_id, **settings, "generate": result_fields(generate_cfg), "a": snapshot_a,
               "b": snapshot_b, "evals": content_hash(wanted["eval_id"].to_list()),
               "bootstrap_resamples": resamples, "bootstrap_seed": bootstrap_seed}
-    parents = sorted({prompt_set, answers["a"].version, answers["b"].version})
-    version = stage_fingerprint(STAGE, CODE_VERSION, config, parents, judge_id)
-    existing = store.manifest(version)
-    if existing is not None:
-        return WinRate(version, wanted.height, judged=0, reused=wanted.height, summary=existing.stats)
+    fixed = {"kind": "winrate", "snapshot_id": snapshot_a, "other_snapshot_id": snapshot_b, "judge_id": judge_id,
+             "judge_mode": settings["mode"], "template_hash": settings.get("template")}
 
-    done = _existing_rows(store, wanted["eval_id"].to_list())
-    staged = pl.from_arrow(store.staged(version, "evals"))
-    assert isinstance(staged, pl.DataFrame)
-    have = set(done["eval_id"].to_list()) | set(staged["eval_id"].to_list())
-    missing = wanted.filter(~pl.col("eval_id").is_in(list(have)))
-    started = time.monotonic()
-    if missing.height:
-        judge = load_judge()
-        rows_all = missing.to_dicts()
-        with Progress("judge pairs", total=len(rows_all)) as progress:
-            for start in range(0, len(rows_all), judge_settings.batch_size):
-                chunk = rows_all[start : start + judge_settings.batch_size]
-                rows = _judge_chunk(judge, chunk, template, judge_settings, reward)
-                for row in rows:
-                    row.update(eval_version=version, kind="winrate", snapshot_id=snapshot_a,
-                               other_snapshot_id=snapshot_b, judge_id=judge_id, judge_mode=settings["mode"],
-                               template_hash=settings.get("template"), created_at=now_utc())
-                store.stage_batch(version, "evals", pa.Table.from_pylist(rows, schema=EVALS))
-                progress.update(len(rows))
-        staged = pl.from_arrow(store.staged(version, "evals"))
-        assert isinstance(staged, pl.DataFrame)
-    # Rows judged before under another version (same generations, judge and settings) are reused as they are,
-    # relabelled with this version.
-    reused = done.with_columns(pl.lit(version).alias("eval_version"))
-    table = pl.concat([staged, reused], how="vertical_relaxed") if reused.height else staged
-    order = {eid: i for i, eid in enumerate(wanted["eval_id"].to_list())}
-    table = table.unique("eval_id").sort(pl.col("eval_id").replace_strict(order, return_dtype=pl.Int64))
-    # A reward model sees one answer at a time: it has no position to be biased by.
-    summary = summarize(table, resamples=resamples, seed=bootstrap_seed, positional=not reward)
-    summary.update(judged=missing.height, reused=wanted.height - missing.height,
-                   seconds=round(time.monotonic() - started, 3), judge_mode=settings["mode"])
-    store.write_version(
-        version=version, stage=STAGE, code_version=CODE_VERSION, table="evals",
-        data=table.to_arrow().select(EVALS.names).cast(EVALS), partition={"kind": "winrate"}, config=config,
-        parents=parents, snapshot_id=judge_id, stats=summary,
-    )
-    store.clear_staged(version)
-    return WinRate(version, wanted.height, judged=missing.height, reused=wanted.height - missing.height,
-                   summary=summary)
+    def summary(rows: pa.Table) -> dict:
+        frame = pl.from_arrow(rows)
+        assert isinstance(frame, pl.DataFrame)
+        # A reward model sees one answer at a time: it has no position to be biased by.
+        return {**summarize(frame, resamples=resamples, seed=bootstrap_seed, positional=not reward),
+                "judge_mode": settings["mode"]}
+
+    plan = Plan(items=wanted.to_dicts(), config=config,
+                parents=sorted({prompt_set, answers["a"].version, answers["b"].version}), partition_value="winrate",
+                snapshot_id=judge_id, params=PairwiseParams(template, judge_settings, reward, fixed),
+                batch_size=judge_settings.batch_size, label="judge pairs", extra_stats=summary)
+    run = run_stage(store, WINRATE, plan, ModelSource(load_judge, judge_spec), executor)
+    stats = store.manifest(run.version).stats
+    return WinRate(run.version, wanted.height, judged=run.computed, reused=run.reused, summary=stats)
 
 
-def _existing_rows(store: Store, ids: list[str]) -> pl.DataFrame:
-    table = pl.from_arrow(store.read("evals"))
-    assert isinstance(table, pl.DataFrame)
-    return table.filter(pl.col("eval_id").is_in(ids)).unique("eval_id")
+@dataclass(frozen=True)
+class PairwiseParams:
+    template: str | None
+    settings: PairwiseJudgeSettings
+    reward: bool
+    fixed: dict  # the columns every row of one win rate shares
+
+
+def judge_pairs_batch(judge: Any, items: list[dict], params: PairwiseParams) -> list[dict]:
+    """One batch of (A's answer, B's answer) items -> eval rows, judged in both orders."""
+    return [{**row, **params.fixed} for row in _judge_chunk(judge, items, params.template, params.settings,
+                                                            params.reward)]
+
+
+WINRATE = Stage(name=STAGE, code_version=CODE_VERSION, table="evals", partition_key="kind", id_column="eval_id",
+                reads=("eval_id", "prompt_id", "prompt", "generation_id", "text", "completion_tokens",
+                       "other_generation_id", "other_text", "other_completion_tokens"),
+                compute=judge_pairs_batch, computed_stat="judged", version_column="eval_version", reuse="copy")
 
 
 def _judge_chunk(judge: Any, chunk: list[dict], template: str | None, settings: PairwiseJudgeSettings,

@@ -8,20 +8,16 @@ killed run resumes where it stopped and never generates a row twice.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
-import pyarrow as pa
 
 from builder.backends.base import Generator, GenRequest, SamplingSettings
 from builder.config import GenerateConfig, result_fields
-from builder.faults import crash_point
-from builder.fingerprint import content_hash, stage_fingerprint
-from builder.progress import Progress
-from builder.store import Store, now_utc
-from schemas.tables import GENERATIONS
+from builder.fingerprint import content_hash
+from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stage
+from builder.store import Store
 
 STAGE = "generate"
 CODE_VERSION = 1
@@ -55,12 +51,35 @@ def generation_id(snapshot_id: str, prompt_id: str, sample_index: int, cfg: Gene
     return content_hash({"snapshot": snapshot_id, "prompt": prompt_id, "sample": sample_index, **settings})
 
 
-def existing_ids(store: Store, table: str, id_column: str, partition_snapshot: str) -> set[str]:
-    """Ids already materialized in `table` for one snapshot (the table's partition), across versions."""
-    versions = [m.version for m in store.manifests(table=table) if m.data.get("snapshot_id") == partition_snapshot]
-    if not versions:
-        return set()
-    return set(store.read(table, versions=versions).column(id_column).to_pylist())
+@dataclass(frozen=True)
+class GenerateParams:
+    snapshot_id: str
+    cfg: GenerateConfig
+
+
+def generate_batch(generator: Generator, items: list[dict], params: GenerateParams) -> list[dict]:
+    """One batch of (prompt, sample index) items -> generation rows, each sampled with its own seed."""
+    cfg = params.cfg
+    requests = [GenRequest(key=item["generation_id"], messages=[{"role": "user", "content": item["text"]}],
+                           seed=item["seed"]) for item in items]
+    by_key = {item["generation_id"]: item for item in items}
+    rows = []
+    for batch in generator.generate(requests, sampling_settings(cfg)):
+        for result in batch:
+            item = by_key[result.key]
+            rows.append({
+                "generation_id": result.key, "snapshot_id": params.snapshot_id, "prompt_id": item["prompt_id"],
+                "sample_index": item["sample_index"], "text": result.text, "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+                "seed": item["seed"], "backend": generator.name,
+            })
+    return rows
+
+
+GENERATE = Stage(name=STAGE, code_version=CODE_VERSION, table="generations", partition_key="snapshot",
+                 id_column="generation_id", reads=("generation_id", "prompt_id", "text", "sample_index", "seed"),
+                 compute=generate_batch, computed_stat="generated", token_column="completion_tokens")
 
 
 def generate(
@@ -72,66 +91,26 @@ def generate(
     sample_indices: Sequence[int],
     cfg: GenerateConfig,
     load_generator: Callable[[], Generator],
+    spec=None,
+    executor: Executor = LOCAL,
     label: str = "generate",
 ) -> GenerationSet:
     """Materialize generations of `snapshot_id` for every prompt (columns prompt_id, text) and sample index.
 
-    `load_generator` is only called when something is missing, so a fully cached call loads no model.
+    `load_generator` is only called when something is missing, so a fully cached call loads no model; `spec`
+    (a ModelSpec) lets an executor load the model in its own workers.
     """
-    wanted = [
-        (pid, text, index, generation_id(snapshot_id, pid, index, cfg))
+    items = [
+        {"generation_id": generation_id(snapshot_id, pid, index, cfg), "prompt_id": pid, "text": text,
+         "sample_index": index, "seed": sample_seed(cfg.seed, snapshot_id, pid, index)}
         for pid, text in zip(prompts["prompt_id"].to_list(), prompts["text"].to_list())
         for index in sample_indices
     ]
-    ids = [w[3] for w in wanted]
+    ids = [item["generation_id"] for item in items]
     config = {**result_fields(cfg), "sample_indices": list(sample_indices), "prompts": content_hash(ids)}
-    version = stage_fingerprint(STAGE, CODE_VERSION, config, [prompt_set], snapshot_id)
-    if store.manifest(version) is not None:
-        return GenerationSet(version, ids, generated=0, reused=len(ids))
-
-    done = existing_ids(store, "generations", "generation_id", snapshot_id)
-    staged = store.staged(version, "generations")
-    done |= set(staged.column("generation_id").to_pylist())
-    missing = [w for w in wanted if w[3] not in done]
-    started = time.monotonic()
-    tokens = 0
-    if missing:
-        generator = load_generator()
-        sampling = sampling_settings(cfg)
-        requests = [
-            GenRequest(key=gid, messages=[{"role": "user", "content": text}],
-                       seed=sample_seed(cfg.seed, snapshot_id, pid, index))
-            for pid, text, index, gid in missing
-        ]
-        by_key = {w[3]: w for w in missing}
-        seeds = {r.key: r.seed for r in requests}
-        with Progress(label, total=len(requests)) as progress:
-            for batch in generator.generate(requests, sampling):
-                rows = []
-                for result in batch:
-                    pid, _, index, gid = by_key[result.key]
-                    rows.append(
-                        {
-                            "generation_id": gid, "snapshot_id": snapshot_id, "prompt_id": pid,
-                            "sample_index": index, "text": result.text, "prompt_tokens": result.prompt_tokens,
-                            "completion_tokens": result.completion_tokens, "finish_reason": result.finish_reason,
-                            "temperature": cfg.temperature, "top_p": cfg.top_p,
-                            "max_new_tokens": cfg.max_new_tokens,
-                            "seed": seeds[gid], "backend": generator.name,
-                            "version": version, "created_at": now_utc(),
-                        }
-                    )
-                    tokens += result.completion_tokens
-                store.stage_batch(version, "generations", pa.Table.from_pylist(rows, schema=GENERATIONS))
-                progress.update(len(rows), tokens=sum(r["completion_tokens"] for r in rows))
-                crash_point("generate.after-batch")
-        staged = store.staged(version, "generations")
-    store.write_version(
-        version=version, stage=STAGE, code_version=CODE_VERSION, table="generations", data=staged,
-        partition={"snapshot": snapshot_id}, config=config, parents=[prompt_set], snapshot_id=snapshot_id,
-        stats={"requested": len(ids), "generated": len(missing), "reused": len(ids) - len(missing),
-               "completion_tokens": tokens, "seconds": round(time.monotonic() - started, 3),
-               "backend": cfg.backend},
-    )
-    store.clear_staged(version)
-    return GenerationSet(version, ids, generated=len(missing), reused=len(ids) - len(missing))
+    plan = Plan(items=items, config=config, parents=[prompt_set], partition_value=snapshot_id,
+                snapshot_id=snapshot_id, params=GenerateParams(snapshot_id, cfg), batch_size=cfg.batch_size,
+                label=label, extra_stats=lambda rows: {
+                    "completion_tokens": sum(rows.column("completion_tokens").to_pylist()), "backend": cfg.backend})
+    run = run_stage(store, GENERATE, plan, ModelSource(load_generator, spec), executor)
+    return GenerationSet(run.version, ids, generated=run.computed, reused=run.reused)

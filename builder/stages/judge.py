@@ -7,25 +7,20 @@ are reused, and finished batches are staged so a killed run resumes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import polars as pl
-import pyarrow as pa
 
 from builder import judging
 from builder.backends.base import Generator, SamplingSettings
 from builder.backends.reward import RewardScorer
 from builder.config import JudgeConfig, result_fields
 from builder.errors import TsrError
-from builder.faults import crash_point
-from builder.fingerprint import content_hash, stage_fingerprint
-from builder.progress import Progress
-from builder.stages.generate import existing_ids
-from builder.store import Store, now_utc
-from schemas.tables import JUDGMENTS
+from builder.fingerprint import content_hash
+from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stage
+from builder.store import Store
 
 STAGE = "judge"
 CODE_VERSION = 1
@@ -63,6 +58,41 @@ def judge_seed(base_seed: int, generation_id: str) -> int:
     return int(content_hash([base_seed, generation_id])[:8], 16)
 
 
+@dataclass(frozen=True)
+class JudgeParams:
+    judge_id: str
+    cfg: JudgeConfig
+    template: str
+    template_hash: str
+    mode: str
+    reward: bool
+
+
+def judge_batch(model: Generator | RewardScorer, items: list[dict], params: JudgeParams) -> list[dict]:
+    """One batch of (prompt, response) items -> judgment rows: the rubric's score, or a reward model's reward."""
+    cfg = params.cfg
+    if params.reward:
+        rewards = model.score([item["prompt"] for item in items], [item["text"] for item in items])
+        results = [judging.Judgment(value, "reward", "", None, None, 1) for value in rewards]
+    else:
+        sampling = SamplingSettings(temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+        results = judging.judge(model, [(item["judgment_id"], item["prompt"], item["text"], item["seed"])
+                                        for item in items],
+                                template=params.template, mode=cfg.mode, sampling=sampling, samples=cfg.samples)
+    return [{
+        "judgment_id": item["judgment_id"], "generation_id": item["generation_id"], "judge_id": params.judge_id,
+        "template_hash": params.template_hash, "mode": params.mode, "scored_by": result.scored_by,
+        "judge_samples": result.judge_samples, "score": result.score, "raw_reply": result.raw_reply,
+        "parse_error": result.parse_error, "digit_probs": result.digit_probs, "temperature": cfg.temperature,
+        "max_new_tokens": cfg.max_new_tokens, "seed": item["seed"],
+    } for item, result in zip(items, results)]
+
+
+JUDGE = Stage(name=STAGE, code_version=CODE_VERSION, table="judgments", partition_key="judge",
+              id_column="judgment_id", reads=("judgment_id", "generation_id", "prompt", "text", "seed"),
+              compute=judge_batch, computed_stat="judged")
+
+
 def judge(
     store: Store,
     *,
@@ -71,6 +101,8 @@ def judge(
     cfg: JudgeConfig,
     load_generator: Callable[[], Generator | RewardScorer],
     reward: bool = False,
+    spec=None,
+    executor: Executor = LOCAL,
     label: str = "judge",
 ) -> JudgmentSet:
     """Materialize judgments by `judge_id` of every generation in `generation_ids`.
@@ -83,66 +115,25 @@ def judge(
     mode = settings.get("mode", cfg.mode)
     ids = [judgment_id(gid, judge_id, settings) for gid in generation_ids]
     config = {**settings, "generations": content_hash(generation_ids)}
-    generations = pl.from_arrow(store.read("generations"))
-    assert isinstance(generations, pl.DataFrame)
+    generations = pl.from_arrow(store.read("generations").select(["generation_id", "prompt_id", "text", "version"]))
+    prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"]))
+    assert isinstance(generations, pl.DataFrame) and isinstance(prompts, pl.DataFrame)
     wanted = pl.DataFrame({"generation_id": generation_ids, "judgment_id": ids}).join(
-        generations.select("generation_id", "prompt_id", "text", "version"), on="generation_id", how="left"
-    )
+        generations.unique("generation_id"), on="generation_id", how="left", maintain_order="left"
+    ).join(prompts.unique("prompt_id").rename({"text": "prompt"}), on="prompt_id", how="left",
+           maintain_order="left")
     if wanted["text"].null_count():
         raise TsrError(f"{wanted['text'].null_count()} generation(s) to judge are not in {store.root}")
-    parents = sorted(set(wanted["version"].to_list()))
-    version = stage_fingerprint(STAGE, CODE_VERSION, config, parents, judge_id)
-    if store.manifest(version) is not None:
-        return JudgmentSet(version, ids, judged=0, reused=len(ids))
-
-    done = existing_ids(store, "judgments", "judgment_id", judge_id)
-    staged = store.staged(version, "judgments")
-    done |= set(staged.column("judgment_id").to_pylist())
-    missing = wanted.filter(~pl.col("judgment_id").is_in(list(done)))
-    started = time.monotonic()
-    if missing.height:
-        prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"]))
-        assert isinstance(prompts, pl.DataFrame)
-        missing = missing.join(prompts.unique("prompt_id").rename({"text": "prompt"}), on="prompt_id", how="left")
-        generator = load_generator()
-        sampling = SamplingSettings(temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
-        rows_all = missing.to_dicts()
-        with Progress(label, total=len(rows_all)) as progress:
-            for start in range(0, len(rows_all), cfg.batch_size):
-                chunk = rows_all[start : start + cfg.batch_size]
-                if reward:
-                    rewards = generator.score([r["prompt"] for r in chunk], [r["text"] for r in chunk])
-                    results = [judging.Judgment(value, "reward", "", None, None, 1) for value in rewards]
-                else:
-                    items = [(r["judgment_id"], r["prompt"], r["text"], judge_seed(cfg.seed, r["generation_id"]))
-                             for r in chunk]
-                    results = judging.judge(generator, items, template=template, mode=cfg.mode,
-                                            sampling=sampling, samples=cfg.samples)
-                rows = []
-                for r, result in zip(chunk, results):
-                    rows.append({
-                        "judgment_id": r["judgment_id"], "generation_id": r["generation_id"],
-                        "judge_id": judge_id, "template_hash": template_hash, "mode": mode,
-                        "scored_by": result.scored_by, "judge_samples": result.judge_samples,
-                        "score": result.score, "raw_reply": result.raw_reply, "parse_error": result.parse_error,
-                        "digit_probs": result.digit_probs, "temperature": cfg.temperature,
-                        "max_new_tokens": cfg.max_new_tokens, "seed": judge_seed(cfg.seed, r["generation_id"]),
-                        "version": version, "created_at": now_utc(),
-                    })
-                store.stage_batch(version, "judgments", pa.Table.from_pylist(rows, schema=JUDGMENTS))
-                progress.update(len(rows))
-                crash_point("judge.after-batch")
-        staged = store.staged(version, "judgments")
-    scores = staged.column("score")
-    store.write_version(
-        version=version, stage=STAGE, code_version=CODE_VERSION, table="judgments", data=staged,
-        partition={"judge": judge_id}, config=config, parents=parents, snapshot_id=judge_id,
-        stats={"requested": len(ids), "judged": missing.height, "reused": len(ids) - missing.height,
-               "unparsable": scores.null_count, "seconds": round(time.monotonic() - started, 3),
-               "scored_by": _value_counts(staged.column("scored_by").to_pylist())},
-    )
-    store.clear_staged(version)
-    return JudgmentSet(version, ids, judged=missing.height, reused=len(ids) - missing.height)
+    wanted = wanted.with_columns(pl.col("generation_id").map_elements(
+        lambda gid: judge_seed(cfg.seed, gid), return_dtype=pl.Int64).alias("seed"))
+    plan = Plan(items=wanted.select("judgment_id", "generation_id", "prompt", "text", "seed").to_dicts(),
+                config=config, parents=sorted(set(wanted["version"].to_list())), partition_value=judge_id,
+                snapshot_id=judge_id, params=JudgeParams(judge_id, cfg, template, template_hash, mode, reward),
+                batch_size=cfg.batch_size, label=label, extra_stats=lambda rows: {
+                    "unparsable": rows.column("score").null_count,
+                    "scored_by": _value_counts(rows.column("scored_by").to_pylist())})
+    run = run_stage(store, JUDGE, plan, ModelSource(load_generator, spec), executor)
+    return JudgmentSet(run.version, ids, judged=run.computed, reused=run.reused)
 
 
 def _value_counts(values: list) -> dict[str, int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -252,3 +253,13 @@ def import_prompts(
 
 def default_prompts_path() -> Path:
     return Path(str(resources.files("builder") / "data" / DEFAULT_PROMPTS))
+
+
+def prompt_chunk(store: Store, prompt_set: str, chunk: int, limit: int | None = None) -> pl.DataFrame:
+    """Prompts (prompt_id, text) of one chunk of a prompt set, in file order, optionally only the first `limit`."""
+    table = pl.from_arrow(store.read("prompts", versions=[prompt_set]))
+    assert isinstance(table, pl.DataFrame)
+    selected = table.filter(pl.col("chunk") == chunk).sort("position").select("prompt_id", "text")
+    if selected.is_empty():
+        raise TsrError(f"prompt set {prompt_set} has {table['chunk'].max()} chunk(s); chunk {chunk} does not exist")
+    return selected.head(limit) if limit else selected

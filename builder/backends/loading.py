@@ -1,0 +1,55 @@
+"""Model loading, in one place: what a stage needs to load its model here or in a worker on another machine.
+
+A `ModelSpec` is a picklable recipe (backend, model folder, batch size), so an executor can send it to a Ray
+actor that loads its own copy; `load()` is the one function that turns it into a model. The store is not part of
+the recipe: a worker needs only the folder, which on a cluster sits on a filesystem every node mounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from builder.config import Profile
+    from builder.snapshot import Snapshot
+    from builder.store import Store
+
+KINDS = ("generator", "reward")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "generator": a Generator (generate, judge, embed); "reward": a RewardScorer
+    backend: str
+    folder: str
+    batch_size: int = 8
+
+    def load(self) -> Any:
+        from builder.progress import quiet_libraries
+
+        quiet_libraries()
+        if self.kind == "reward":
+            from builder.backends.reward import RewardScorer
+
+            return RewardScorer(self.folder)
+        from builder.backends.base import get_generator
+
+        return get_generator(self.backend, self.folder, batch_size=self.batch_size)
+
+
+def generator_spec(store: Store, snapshot: Snapshot, profile: Profile, batch_size: int | None = None) -> ModelSpec:
+    """How to load `snapshot` for generation and judging under the profile's backend."""
+    return ModelSpec("generator", profile.generate.backend, str(snapshot.folder(store)),
+                     batch_size or profile.generate.batch_size)
+
+
+def reward_spec(store: Store, snapshot: Snapshot) -> ModelSpec:
+    """A reward-model judge (a snapshot registered with role "reward")."""
+    return ModelSpec("reward", "hf", str(snapshot.folder(store)))
+
+
+def default_generator_factory(store: Store, profile: Profile) -> Callable[[Snapshot], Any]:
+    """snapshot -> a loaded generator under the profile's backend."""
+    return lambda snapshot: generator_spec(store, snapshot, profile).load()

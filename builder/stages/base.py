@@ -1,0 +1,209 @@
+"""The stage contract and its one runner.
+
+A stage declares what it is (name, code version, table, partition, id column) and what it needs: the columns each
+work item must carry, and a function from one batch of work items to rows. The caller plans one materialization
+(the work items, the settings that change results, the parent versions, the snapshot); `run_stage` does the rest,
+the same way for every stage:
+
+1. checks the declared input columns, before any model is loaded;
+2. computes the version (the fingerprint of stage, code version, settings, parents and snapshot) and returns at
+   once if it exists;
+3. skips the items whose rows exist under any version of the partition, or in this version's staged batches;
+4. hands the missing items, in batches, to an executor (this process, or a Ray actor pool) and stages every
+   finished batch as it arrives, so a killed run resumes after the last one;
+5. writes the version atomically, with its manifest and stats, and clears its staging.
+
+Rows carry `version` and `created_at`, which the runner fills; a batch function returns the other columns.
+The batch function runs wherever the executor puts it, so it and its parameters must be picklable (a module-level
+function, dataclasses), and it must not depend on which other items share its batch: per-item seeds do that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from builder.errors import TsrError
+from builder.faults import crash_point
+from builder.fingerprint import stage_fingerprint
+from builder.progress import Progress
+from builder.store import Store, now_utc
+from schemas.tables import TABLES
+
+# model, a batch of work items, the stage's parameters -> the rows of those items (without the version column and
+# created_at, which the runner fills)
+BatchFunction = Callable[[Any, list[dict], Any], list[dict]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage is: where its rows go and how one batch of work items becomes rows."""
+
+    name: str
+    code_version: int
+    table: str
+    partition_key: str  # the hive partition of `table`: snapshot, judge, ...
+    id_column: str
+    reads: tuple[str, ...]  # columns every work item must carry (the id column among them)
+    compute: BatchFunction
+    computed_stat: str = "computed"  # the manifest's name for the rows computed in this run
+    version_column: str = "version"
+    # "reference": rows that exist under other versions stay there (the version holds what it computed);
+    # "copy": they are copied into this version, relabelled, so the version holds every requested row.
+    reuse: str = "reference"
+    token_column: str | None = None  # a column of token counts the progress bar reports per second
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return tuple(TABLES[self.table].names)
+
+
+@dataclass
+class Plan:
+    """One materialization of a stage: its work items and everything its version is a fingerprint of."""
+
+    items: list[dict]
+    config: dict[str, Any]
+    parents: list[str]
+    partition_value: str
+    snapshot_id: str | None
+    params: Any = None  # handed to the batch function with each batch (settings, templates, seeds)
+    batch_size: int = 8
+    label: str = ""
+    extra_stats: Callable[[pa.Table], dict] | None = None  # stage-specific figures from the version's rows
+    _version: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    version: str
+    computed: int
+    reused: int
+    rows: pa.Table | None = None  # the version's rows, when it was written in this run
+
+
+class Executor:
+    """Maps batches of missing work items to rows; yields each batch's rows as soon as it is done."""
+
+    name = "local"
+
+    def map(self, stage: Stage, batches: list[list[dict]], params: Any, model: ModelSource) -> Iterable[list[dict]]:
+        loaded = model.load()
+        for batch in batches:
+            yield stage.compute(loaded, batch, params)
+
+
+LOCAL = Executor()
+
+
+class ModelSource:
+    """How a stage gets its model: `load()` in this process, or a `ModelSpec` (picklable) that executors in other
+    processes load themselves.
+
+    Both are only used when a stage has missing work, so a fully cached stage loads (and downloads) nothing:
+    `spec` may be a function that makes the ModelSpec when first asked for.
+    """
+
+    def __init__(self, load: Callable[[], Any], spec: Any = None):
+        self._load = load
+        self._spec = spec
+
+    def load(self) -> Any:
+        return self._load()
+
+    def spec(self) -> Any:
+        return self._spec() if callable(self._spec) else self._spec
+
+
+def version_of(stage: Stage, plan: Plan) -> str:
+    if plan._version is None:
+        plan._version = stage_fingerprint(stage.name, stage.code_version, plan.config, plan.parents,
+                                          plan.snapshot_id)
+    return plan._version
+
+
+def check_items(stage: Stage, items: Sequence[dict]) -> None:
+    """Every work item carries the columns the stage declares it reads (checked before any model loads)."""
+    for index, item in enumerate(items):
+        missing = [column for column in stage.reads if column not in item]
+        if missing:
+            raise TsrError(f"{stage.name}: work item {index} lacks column(s) {', '.join(missing)} "
+                           f"(the stage reads {', '.join(stage.reads)})")
+
+
+def existing_rows(store: Store, table: str, snapshot_id: str | None, columns: list[str] | None = None) -> pa.Table:
+    """Rows already materialized in `table` for one snapshot (the model the rows come from), across versions."""
+    versions = [m.version for m in store.manifests(table=table) if m.data.get("snapshot_id") == snapshot_id]
+    if not versions:
+        return TABLES[table].empty_table().select(columns or TABLES[table].names)
+    rows = store.read(table, versions=versions)
+    return rows.select(columns) if columns else rows
+
+
+def existing_ids(store: Store, table: str, id_column: str, snapshot_id: str | None) -> set[str]:
+    return set(existing_rows(store, table, snapshot_id, [id_column]).column(id_column).to_pylist())
+
+
+def run_stage(store: Store, stage: Stage, plan: Plan, model: ModelSource, executor: Executor = LOCAL) -> StageRun:
+    """Materialize `plan` (see the module docstring); the caller holds the store's write lock."""
+    check_items(stage, plan.items)
+    version = version_of(stage, plan)
+    if store.manifest(version) is not None:
+        return StageRun(version, computed=0, reused=len(plan.items))
+
+    wanted = [item[stage.id_column] for item in plan.items]
+    earlier = existing_rows(store, stage.table, plan.snapshot_id)
+    earlier = earlier.filter(pc.is_in(earlier.column(stage.id_column), pa.array(wanted, pa.string())))
+    done = set(earlier.column(stage.id_column).to_pylist())
+    done |= set(store.staged(version, stage.table).column(stage.id_column).to_pylist())
+    missing = [item for item in plan.items if item[stage.id_column] not in done]
+    started = time.monotonic()
+    if missing:
+        batches = [missing[start : start + plan.batch_size] for start in range(0, len(missing), plan.batch_size)]
+        schema = TABLES[stage.table]
+        with Progress(plan.label or stage.name, total=len(missing)) as progress:
+            for rows in executor.map(stage, batches, plan.params, model):
+                created = now_utc()
+                table = pa.Table.from_pylist(
+                    [{**row, stage.version_column: version, "created_at": created} for row in rows], schema=schema)
+                store.stage_batch(version, stage.table, table)
+                tokens = sum(row[stage.token_column] for row in rows) if stage.token_column else 0
+                progress.update(len(rows), tokens=tokens)
+                crash_point(f"{stage.name}.after-batch")
+    rows = store.staged(version, stage.table)
+    if stage.reuse == "copy" and earlier.num_rows:
+        relabelled = earlier.set_column(earlier.schema.get_field_index(stage.version_column), stage.version_column,
+                                        pa.array([version] * earlier.num_rows, pa.string()))
+        rows = pa.concat_tables([rows, relabelled.cast(rows.schema)])
+    rows = _in_plan_order(rows, stage.id_column, wanted)
+    stats = {"requested": len(plan.items), stage.computed_stat: len(missing), "reused": len(plan.items) - len(missing),
+             "seconds": round(time.monotonic() - started, 3), "executor": executor.name}
+    if plan.extra_stats is not None:
+        stats.update(plan.extra_stats(rows))
+    store.write_version(
+        version=version, stage=stage.name, code_version=stage.code_version, table=stage.table, data=rows,
+        partition={stage.partition_key: plan.partition_value}, config=plan.config, parents=plan.parents,
+        snapshot_id=plan.snapshot_id, stats=stats,
+    )
+    store.clear_staged(version)
+    return StageRun(version, computed=len(missing), reused=len(plan.items) - len(missing), rows=rows)
+
+
+def _in_plan_order(rows: pa.Table, id_column: str, wanted: list[str]) -> pa.Table:
+    """One row per id, in the order the plan asked for them.
+
+    Batches arrive in any order (resumed, or from several workers): the plan's order makes the file one function
+    of its rows, whichever executor computed them.
+    """
+    position = {key: index for index, key in enumerate(wanted)}
+    ids = rows.column(id_column).to_pylist()
+    first: dict[str, int] = {}
+    for index, key in enumerate(ids):
+        first.setdefault(key, index)
+    order = sorted(first.values(), key=lambda index: position.get(ids[index], len(wanted)))
+    return rows.take(pa.array(order, pa.int64()))
