@@ -854,9 +854,9 @@ def _eval_settings(profile, flags):
 def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, template, judge_max_new_tokens,
                  judge_temperature, resamples, profile, **flags) -> None:
     """Win, tie and loss rates of A against B, judged in both orders, with bootstrap 95% intervals."""
-    from builder.evals.winrate import PairwiseJudgeSettings, template_text, winrate
     from builder.snapshot import get_snapshot
     from builder.stages.prompts import Chunking, check_prompt_file, import_prompts, prompt_chunk
+    from builder.stages.winrate import PairwiseJudgeSettings, template_text, winrate
 
     settings = _eval_settings(profile, flags)
     judge_settings = PairwiseJudgeSettings(
@@ -913,8 +913,8 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
 @click.pass_context
 def eval_ifeval(ctx, snapshot_ref, prompts_file, profile, **flags) -> None:
     """Strict and loose IFEval accuracy at prompt and instruction level (checkers from if-verifiable)."""
-    from builder.evals.ifeval import ifeval, read_ifeval
     from builder.snapshot import get_snapshot
+    from builder.stages.ifeval import ifeval, read_ifeval
 
     settings = _eval_settings(profile, flags)
     read_ifeval(prompts_file)  # a bad file fails before a store is touched

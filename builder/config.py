@@ -172,6 +172,8 @@ class ExecutorConfig:
     cpus_per_actor: float = _knob(1.0, "ray: CPUs reserved per actor (its torch threads)", min=0)
     gpus_per_actor: float = _knob(0.0, "ray: GPUs per actor (1 for a model per GPU)", min=0)
     max_restarts: int = _knob(3, "ray: restarts of a dead actor before the stage fails", min=0)
+    threads_per_actor: int = _knob(0, "ray: torch CPU threads per actor; 0: as many as a local run here uses, so "
+                                   "CPU rows match it bit for bit (another count can flip a near-tie token)", min=0)
 
     def __post_init__(self) -> None:
         validate(self, "executor")

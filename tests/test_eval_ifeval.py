@@ -15,7 +15,7 @@ pytest.importorskip("punkt")
 from builder.backends.base import ScriptedGenerator
 from builder.config import GenerateConfig
 from builder.errors import TsrError
-from builder.evals.ifeval import check_response, ifeval, read_ifeval
+from builder.stages.ifeval import check_response, ifeval, read_ifeval
 from builder.store import Store
 from schemas.tables import EVALS
 
@@ -59,7 +59,7 @@ def _scripted() -> ScriptedGenerator:
 
 
 def test_checkers_on_hand_made_rows(ifeval_file, data_root):
-    from builder.evals.ifeval import prepare_checkers
+    from builder.stages.ifeval import prepare_checkers
 
     prepare_checkers(Store.open(data_root, create=True))
     rows = {row.key: row for row in read_ifeval(ifeval_file)}
@@ -132,7 +132,7 @@ def test_the_shipped_sample_is_valid_for_every_checker(data_root):
     """`make eval`'s default file: 32 rows, 47 instructions, and every checker accepts its kwargs."""
     from importlib import resources
 
-    from builder.evals.ifeval import prepare_checkers
+    from builder.stages.ifeval import prepare_checkers
 
     prepare_checkers(Store.open(data_root, create=True))
     rows = read_ifeval(Path(str(resources.files("builder") / "data" / "ifeval_sample.jsonl")))

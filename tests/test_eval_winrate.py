@@ -10,14 +10,14 @@ import pytest
 
 from builder.backends.base import ScriptedGenerator
 from builder.config import GenerateConfig
-from builder.evals.winrate import (
+from builder.stages.prompts import prompt_id
+from builder.stages.winrate import (
     PairwiseJudgeSettings,
     bootstrap_intervals,
     outcome,
     rates,
     winrate,
 )
-from builder.stages.prompts import prompt_id
 from builder.store import Store
 from schemas.tables import EVALS
 from tests.tiny_model import make_tiny_model

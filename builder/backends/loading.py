@@ -25,11 +25,18 @@ class ModelSpec:
     backend: str
     folder: str
     batch_size: int = 8
+    # torch's CPU threads in the process that loads it (None: torch's default). CPU kernels sum in another order
+    # with another thread count, and a sampled token on a near-tie can flip: same threads, same rows.
+    threads: int | None = None
 
     def load(self) -> Any:
         from builder.progress import quiet_libraries
 
         quiet_libraries()
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         if self.kind == "reward":
             from builder.backends.reward import RewardScorer
 

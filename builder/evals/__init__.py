@@ -1,2 +1,2 @@
-"""Evaluation of snapshots: pairwise win rates against another snapshot (`winrate`) and verifiable instruction
-following on IFEval-format prompts (`ifeval`). Results go to the `evals` table with their lineage."""
+"""What evaluations need beside their stages (builder/stages/winrate.py, builder/stages/ifeval.py): the summary
+table of the `evals` table and NLTK's Punkt data laid out offline for IFEval's checkers."""

@@ -47,7 +47,7 @@ class Stage:
     name: str
     code_version: int
     table: str
-    partition_key: str  # the hive partition of `table`: snapshot, judge, ...
+    partition: tuple[str, ...]  # the hive partition keys of `table`: ("snapshot",), ("judge",), ...
     id_column: str
     reads: tuple[str, ...]  # columns every work item must carry (the id column among them)
     compute: BatchFunction
@@ -67,16 +67,19 @@ class Stage:
 class Plan:
     """One materialization of a stage: its work items and everything its version is a fingerprint of."""
 
-    items: list[dict]
     config: dict[str, Any]
     parents: list[str]
-    partition_value: str
+    partition_value: str | tuple[str, ...]  # one value per partition key of the stage
     snapshot_id: str | None
+    items: list[dict] = field(default_factory=list)  # the work items of a stage with a model
     params: Any = None  # handed to the batch function with each batch (settings, templates, seeds)
     batch_size: int = 8
     label: str = ""
     extra_stats: Callable[[pa.Table], dict] | None = None  # stage-specific figures from the version's rows
-    _version: str | None = field(default=None, repr=False)
+    # A stage that needs no model (prompts, pairs, SFT sets, IFEval's checks) hands over its rows whole, or a
+    # function that makes them, called only when the version does not exist yet.
+    rows: pa.Table | Callable[[], pa.Table] | None = None
+    version: str | None = None  # an identity the stage computes itself (a prompt set's content hash)
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,9 @@ class ModelSource:
 
 
 def version_of(stage: Stage, plan: Plan) -> str:
-    if plan._version is None:
-        plan._version = stage_fingerprint(stage.name, stage.code_version, plan.config, plan.parents,
-                                          plan.snapshot_id)
-    return plan._version
+    if plan.version is None:
+        plan.version = stage_fingerprint(stage.name, stage.code_version, plan.config, plan.parents, plan.snapshot_id)
+    return plan.version
 
 
 def check_items(stage: Stage, items: Sequence[dict]) -> None:
@@ -149,12 +151,17 @@ def existing_ids(store: Store, table: str, id_column: str, snapshot_id: str | No
     return set(existing_rows(store, table, snapshot_id, [id_column]).column(id_column).to_pylist())
 
 
-def run_stage(store: Store, stage: Stage, plan: Plan, model: ModelSource, executor: Executor = LOCAL) -> StageRun:
+def run_stage(store: Store, stage: Stage, plan: Plan, model: ModelSource | None = None,
+              executor: Executor = LOCAL) -> StageRun:
     """Materialize `plan` (see the module docstring); the caller holds the store's write lock."""
     check_items(stage, plan.items)
     version = version_of(stage, plan)
     if store.manifest(version) is not None:
         return StageRun(version, computed=0, reused=len(plan.items))
+    if plan.rows is not None:
+        return _write_given_rows(store, stage, plan, version)
+    if model is None:
+        raise TypeError(f"stage {stage.name}: a plan without rows needs a model source")
 
     wanted = [item[stage.id_column] for item in plan.items]
     earlier = existing_rows(store, stage.table, plan.snapshot_id)
@@ -187,11 +194,37 @@ def run_stage(store: Store, stage: Stage, plan: Plan, model: ModelSource, execut
         stats.update(plan.extra_stats(rows))
     store.write_version(
         version=version, stage=stage.name, code_version=stage.code_version, table=stage.table, data=rows,
-        partition={stage.partition_key: plan.partition_value}, config=plan.config, parents=plan.parents,
+        partition=_partition(stage, plan), config=plan.config, parents=plan.parents,
         snapshot_id=plan.snapshot_id, stats=stats,
     )
     store.clear_staged(version)
     return StageRun(version, computed=len(missing), reused=len(plan.items) - len(missing), rows=rows)
+
+
+def _partition(stage: Stage, plan: Plan) -> dict[str, str]:
+    values = plan.partition_value if isinstance(plan.partition_value, tuple) else (plan.partition_value,)
+    if len(values) != len(stage.partition):
+        raise TypeError(f"stage {stage.name} is partitioned by {stage.partition}, got {values}")
+    return dict(zip(stage.partition, values))
+
+
+def _write_given_rows(store: Store, stage: Stage, plan: Plan, version: str) -> StageRun:
+    """A stage without a model: its rows are computed whole (cheaply) by the caller; nothing to stage or resume."""
+    rows = plan.rows() if callable(plan.rows) else plan.rows
+    missing = [column for column in stage.reads if column not in rows.column_names]
+    if missing:
+        raise TsrError(f"{stage.name}: the rows lack column(s) {', '.join(missing)}")
+    store.write_version(
+        version=version, stage=stage.name, code_version=stage.code_version, table=stage.table, data=rows,
+        partition=_partition(stage, plan), config=plan.config, parents=plan.parents,
+        snapshot_id=plan.snapshot_id, stats=plan.extra_stats(rows) if plan.extra_stats else {},
+    )
+    return StageRun(version, computed=rows.num_rows, reused=0, rows=rows)
+
+
+def rows_as_given(model: Any, items: list[dict], params: Any) -> list[dict]:
+    """The batch function of a stage whose rows come whole with the plan (it is never called)."""
+    raise TypeError("a stage without a model takes its rows from the plan")
 
 
 def _in_plan_order(rows: pa.Table, id_column: str, wanted: list[str]) -> pa.Table:

@@ -58,7 +58,7 @@ def embed_batch(generator: Any, items: list[dict], params: EmbedParams) -> list[
             for item, mean in zip(items, means)]
 
 
-EMBED = Stage(name=STAGE, code_version=CODE_VERSION, table="embeddings", partition_key="snapshot",
+EMBED = Stage(name=STAGE, code_version=CODE_VERSION, table="embeddings", partition=("snapshot",),
               id_column="embedding_id", reads=("embedding_id", "generation_id", "prompt", "text"),
               compute=embed_batch)
 

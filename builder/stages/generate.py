@@ -77,7 +77,7 @@ def generate_batch(generator: Generator, items: list[dict], params: GeneratePara
     return rows
 
 
-GENERATE = Stage(name=STAGE, code_version=CODE_VERSION, table="generations", partition_key="snapshot",
+GENERATE = Stage(name=STAGE, code_version=CODE_VERSION, table="generations", partition=("snapshot",),
                  id_column="generation_id", reads=("generation_id", "prompt_id", "text", "sample_index", "seed"),
                  compute=generate_batch, computed_stat="generated", token_column="completion_tokens")
 

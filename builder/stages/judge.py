@@ -88,7 +88,7 @@ def judge_batch(model: Generator | RewardScorer, items: list[dict], params: Judg
     } for item, result in zip(items, results)]
 
 
-JUDGE = Stage(name=STAGE, code_version=CODE_VERSION, table="judgments", partition_key="judge",
+JUDGE = Stage(name=STAGE, code_version=CODE_VERSION, table="judgments", partition=("judge",),
               id_column="judgment_id", reads=("judgment_id", "generation_id", "prompt", "text", "seed"),
               compute=judge_batch, computed_stat="judged")
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
 from builder.fingerprint import content_hash, stage_fingerprint
+from builder.stages.base import Plan, Stage, rows_as_given, run_stage
 from builder.stages.pair_rules import PairBuild
 from builder.store import Store, now_utc
 from schemas.tables import PAIRS
@@ -53,6 +55,11 @@ def scored_frame(store: Store, pools: list[Pool]) -> pl.DataFrame:
     )
 
 
+PAIRS_STAGE = Stage(name=STAGE, code_version=CODE_VERSION, table="pairs", partition=("method", "iteration", "phase"),
+                    id_column="pair_id", reads=("pair_id", "prompt_id", "chosen_generation_id",
+                                                "rejected_generation_id"), compute=rows_as_given)
+
+
 def materialize(
     store: Store,
     *,
@@ -69,43 +76,43 @@ def materialize(
     # `policy` is M_i: the snapshot these pairs train (and the DPO reference).
     config = {"method": method, "iteration": iteration, "phase": phase, "judge": judge_id, "policy": policy_id,
               "inputs": content_hash(sorted(scored["generation_id"].to_list() + [str(s) for s in scored["score"]]))}
+    # The judge is the snapshot these rows come from, but not part of the id: the config names it already.
     version = stage_fingerprint(STAGE, CODE_VERSION, config, parents)
-    if store.manifest(version) is not None:
-        return version
-    pairs = build.pairs
-    created = now_utc()
-    table = pairs.with_columns(
-        pl.col("prompt_id").map_elements(lambda pid: content_hash([version, pid]), return_dtype=pl.String)
-        .alias("pair_id"),
-        pl.lit(version).alias("pair_version"),
-        pl.lit(method).alias("method"),
-        pl.lit(iteration, dtype=pl.Int32).alias("iteration"),
-        pl.lit(phase).alias("phase"),
-        pl.lit(judge_id).alias("judge_id"),
-        pl.lit(created, dtype=pl.Datetime("us", "UTC")).alias("created_at"),
-    ).select(PAIRS.names)
-    scores = scored["score"]
-    stats = {
-        **build.counts(),
-        "prompts": scored["prompt_id"].n_unique(),
-        "samples": scored.height,
-        "unparsable": int(scores.is_null().sum()),
-        # Recorded, not hidden: how many judge replies had no parsable `Score: N` (forced mode may have scored them).
-        "parse_errors": int(scored["parse_error"].is_not_null().sum()),
-        "scored_by": _counts(scored["scored_by"].fill_null("none")),
-        "mean_chosen": _mean(pairs["chosen_score"]),
-        "mean_rejected": _mean(pairs["rejected_score"]),
-        "mean_gap": _mean(pairs["gap"]),
-        "chosen_from": _counts(pairs["chosen_pool"]),
-        "rejected_from": _counts(pairs["rejected_pool"]),
-    }
-    store.write_version(
-        version=version, stage=STAGE, code_version=CODE_VERSION, table="pairs",
-        data=table.to_arrow(),
-        partition={"method": method, "iteration": str(iteration), "phase": phase},
-        config=config, parents=parents, snapshot_id=judge_id, stats=stats,
-    )
-    return version
+
+    def rows() -> pa.Table:
+        created = now_utc()
+        return build.pairs.with_columns(
+            pl.col("prompt_id").map_elements(lambda pid: content_hash([version, pid]), return_dtype=pl.String)
+            .alias("pair_id"),
+            pl.lit(version).alias("pair_version"),
+            pl.lit(method).alias("method"),
+            pl.lit(iteration, dtype=pl.Int32).alias("iteration"),
+            pl.lit(phase).alias("phase"),
+            pl.lit(judge_id).alias("judge_id"),
+            pl.lit(created, dtype=pl.Datetime("us", "UTC")).alias("created_at"),
+        ).select(PAIRS.names).to_arrow()
+
+    def stats(_rows: pa.Table) -> dict:
+        pairs, scores = build.pairs, scored["score"]
+        return {
+            **build.counts(),
+            "prompts": scored["prompt_id"].n_unique(),
+            "samples": scored.height,
+            "unparsable": int(scores.is_null().sum()),
+            # Recorded, not hidden: how many judge replies had no parsable `Score: N` (forced mode may have scored
+            # them).
+            "parse_errors": int(scored["parse_error"].is_not_null().sum()),
+            "scored_by": _counts(scored["scored_by"].fill_null("none")),
+            "mean_chosen": _mean(pairs["chosen_score"]),
+            "mean_rejected": _mean(pairs["rejected_score"]),
+            "mean_gap": _mean(pairs["gap"]),
+            "chosen_from": _counts(pairs["chosen_pool"]),
+            "rejected_from": _counts(pairs["rejected_pool"]),
+        }
+
+    plan = Plan(config=config, parents=parents, partition_value=(method, str(iteration), phase),
+                snapshot_id=judge_id, version=version, rows=rows, extra_stats=stats)
+    return run_stage(store, PAIRS_STAGE, plan).version
 
 
 def _mean(column: pl.Series) -> float | None:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from builder.errors import TsrError
 from builder.fingerprint import content_hash, stage_fingerprint
 from builder.readers import jsonl_records, read_utf8
+from builder.stages.base import Plan, Stage, rows_as_given, run_stage
 from builder.store import Manifest, Store
 from schemas.tables import PROMPTS
 
@@ -232,6 +233,10 @@ def build_prompt_set(texts: list[str], source: str, chunking: Chunking, *, where
     return version, table, stats
 
 
+PROMPTS_STAGE = Stage(name=STAGE, code_version=CODE_VERSION, table="prompts", partition=("set",),
+                      id_column="prompt_id", reads=("prompt_id", "text", "chunk", "position"), compute=rows_as_given)
+
+
 def import_prompts(
     store: Store, path: Path, *, text_column: str | None = None, chunking: Chunking, fix: str = FIX
 ) -> tuple[Manifest, bool]:
@@ -241,14 +246,13 @@ def import_prompts(
     existing = store.manifest(version)
     if existing is not None:
         return existing, False
-    manifest = store.write_version(
-        version=version, stage=STAGE, code_version=CODE_VERSION, table="prompts", data=table,
-        partition={"set": version}, config={"source": path.name, "text_column": text_column,
-                                            "chunks": chunking.chunks, "chunk_size": chunking.chunk_size,
-                                            "seed": chunking.seed},
-        stats=stats,
-    )
-    return manifest, True
+    config = {"source": path.name, "text_column": text_column, "chunks": chunking.chunks,
+              "chunk_size": chunking.chunk_size, "seed": chunking.seed}
+    # A prompt set's id is the hash of its content and chunking (build_prompt_set), not a stage fingerprint.
+    plan = Plan(config=config, parents=[], partition_value=version, snapshot_id=None, version=version, rows=table,
+                extra_stats=lambda _rows: stats)
+    run_stage(store, PROMPTS_STAGE, plan)
+    return store.manifest(version), True
 
 
 def default_prompts_path() -> Path:

@@ -2,7 +2,9 @@
 
 The runner plans the batches (the same ones the local executor computes, so every row has the same batch
 neighbours and the same text); here they become a Ray Dataset of one row per batch, mapped with `map_batches`
-over an actor pool whose actors each load the stage's model once from its `ModelSpec`. Finished batches stream
+over an actor pool whose actors each load the stage's model once from its `ModelSpec`, with the torch thread
+count a local run here would use unless `executor.threads_per_actor` says otherwise (on CPUs the sums, and so a
+rare near-tie token, depend on it). Finished batches stream
 back to the driver as they complete (`iter_rows`), and the runner stages each one at once: a killed driver loses
 only batches in flight. Ray restarts a dead actor and retries its batch (up to `executor.max_restarts`).
 
@@ -12,6 +14,7 @@ environment (crash points for the tests, TSR_HOME) through the job's runtime env
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -64,6 +67,8 @@ class RayExecutor(Executor):
         ray = _init()
         from ray.data import ActorPoolStrategy
 
+        spec = dataclasses.replace(spec, threads=self.cfg.threads_per_actor or _local_threads())
+
         # Items travel as JSON text: one row per batch, so Ray never re-batches them and arrow infers nothing.
         dataset = ray.data.from_items([{"items": json.dumps(batch)} for batch in batches],
                                       override_num_blocks=len(batches))
@@ -79,6 +84,13 @@ class RayExecutor(Executor):
             )
         for row in mapped.iter_rows():
             yield json.loads(row["rows"])
+
+
+def _local_threads() -> int:
+    """The CPU threads torch uses in this process, which is what a local run here computes with."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _init():

@@ -30,6 +30,7 @@ from builder.backends.base import SCORE_PREFIX
 from builder.errors import TsrError
 from builder.fingerprint import content_hash, stage_fingerprint
 from builder.readers import jsonl_records, read_utf8
+from builder.stages.base import Plan, Stage, rows_as_given, run_stage
 from builder.store import Manifest, Store
 from schemas.tables import EFT, IFT
 
@@ -167,6 +168,19 @@ def eft_example_id(row: dict[str, Any]) -> str:
     return content_hash({"eft": [row["prompt"], row["response"], row["justification"], row["score"]]})
 
 
+IFT_IMPORT = Stage(name=IFT_STAGE, code_version=CODE_VERSION, table="ift", partition=("set",),
+                   id_column="example_id", reads=("example_id", "messages"), compute=rows_as_given)
+EFT_IMPORT = Stage(name=EFT_STAGE, code_version=CODE_VERSION, table="eft", partition=("set",),
+                   id_column="example_id", reads=("example_id", "prompt", "response", "score"), compute=rows_as_given)
+EFT_BUILD = Stage(name=EFT_BUILD_STAGE, code_version=CODE_VERSION, table="eft", partition=("set",),
+                  id_column="example_id", reads=EFT_IMPORT.reads, compute=rows_as_given)
+
+
+def _write_set(store: Store, stage: Stage, plan: Plan) -> tuple[Manifest, bool]:
+    run_stage(store, stage, plan)
+    return store.manifest(plan.version), True
+
+
 def import_ift(store: Store, path: Path) -> tuple[Manifest, bool]:
     """Import an IFT file as an IFT-set version. Returns (manifest, created); created is False on a no-op."""
     conversations = parse_ift(path)
@@ -181,12 +195,10 @@ def import_ift(store: Store, path: Path) -> tuple[Manifest, bool]:
         schema=IFT,
     )
     turns = [len(c) for c in conversations]
-    manifest = store.write_version(
-        version=version, stage=IFT_STAGE, code_version=CODE_VERSION, table="ift", data=table,
-        partition={"set": version}, config={"source": path.name},
-        stats={"examples": len(ids), "multi_turn": sum(t > 2 for t in turns), "duplicates": len(ids) - len(set(ids))},
-    )
-    return manifest, True
+    stats = {"examples": len(ids), "multi_turn": sum(t > 2 for t in turns), "duplicates": len(ids) - len(set(ids))}
+    plan = Plan(config={"source": path.name}, parents=[], partition_value=version, snapshot_id=None,
+                version=version, rows=table, extra_stats=lambda _rows: stats)
+    return _write_set(store, IFT_IMPORT, plan)
 
 
 def _eft_table(rows: list[dict[str, Any]], version: str) -> pa.Table:
@@ -212,12 +224,10 @@ def import_eft(store: Store, path: Path) -> tuple[Manifest, bool]:
     existing = store.manifest(version)
     if existing is not None:
         return existing, False
-    manifest = store.write_version(
-        version=version, stage=EFT_STAGE, code_version=CODE_VERSION, table="eft", data=_eft_table(rows, version),
-        partition={"set": version}, config={"source": path.name},
-        stats={"examples": len(rows), "scores": _score_counts(rows)},
-    )
-    return manifest, True
+    stats = {"examples": len(rows), "scores": _score_counts(rows)}
+    return _write_set(store, EFT_IMPORT, Plan(config={"source": path.name}, parents=[], partition_value=version,
+                                              snapshot_id=None, version=version, rows=_eft_table(rows, version),
+                                              extra_stats=lambda _rows: stats))
 
 
 def find_set(store: Store, ref: str, table: str) -> Manifest:
@@ -360,12 +370,10 @@ def build_eft(
     existing = store.manifest(version)
     if existing is not None:
         return existing, False
-    manifest = store.write_version(
-        version=version, stage=EFT_BUILD_STAGE, code_version=CODE_VERSION, table="eft",
-        data=_eft_table(rows, version), partition={"set": version}, config=config, parents=parents,
-        snapshot_id=judge_id, stats={"examples": len(rows), "scores": _score_counts(rows), "dropped": dropped},
-    )
-    return manifest, True
+    stats = {"examples": len(rows), "scores": _score_counts(rows), "dropped": dropped}
+    return _write_set(store, EFT_BUILD, Plan(config=config, parents=parents, partition_value=version,
+                                             snapshot_id=judge_id, version=version, rows=_eft_table(rows, version),
+                                             extra_stats=lambda _rows: stats))
 
 
 def _describe(dropped: dict[str, int]) -> str:

@@ -280,7 +280,7 @@ def judge_pairs_batch(judge: Any, items: list[dict], params: PairwiseParams) -> 
                                                             params.reward)]
 
 
-WINRATE = Stage(name=STAGE, code_version=CODE_VERSION, table="evals", partition_key="kind", id_column="eval_id",
+WINRATE = Stage(name=STAGE, code_version=CODE_VERSION, table="evals", partition=("kind",), id_column="eval_id",
                 reads=("eval_id", "prompt_id", "prompt", "generation_id", "text", "completion_tokens",
                        "other_generation_id", "other_text", "other_completion_tokens"),
                 compute=judge_pairs_batch, computed_stat="judged", version_column="eval_version", reuse="copy")

@@ -29,7 +29,7 @@ from builder.errors import TsrError
 from builder.evals.nltk_offline import INSTALL, use_offline_punkt
 from builder.fingerprint import canonical_json, content_hash, stage_fingerprint
 from builder.readers import jsonl_records, read_utf8
-from builder.stages.base import LOCAL, Executor
+from builder.stages.base import LOCAL, Executor, Plan, Stage, rows_as_given, run_stage
 from builder.stages.generate import generate
 from builder.stages.prompts import Chunking, import_prompts, prompt_id
 from builder.store import Store, now_utc
@@ -208,6 +208,11 @@ def prepare_checkers(store: Store) -> None:
         pass
 
 
+IFEVAL = Stage(name=STAGE, code_version=CODE_VERSION, table="evals", partition=("kind",), id_column="eval_id",
+               reads=("eval_id", "generation_id", "follow_strict", "follow_loose"), compute=rows_as_given,
+               version_column="eval_version")
+
+
 def ifeval(
     store: Store,
     *,
@@ -263,9 +268,7 @@ def ifeval(
     summary = {**accuracies(checks), "prompts": len(rows), "instructions": sum(len(r.instruction_ids) for r in rows),
                "mean_tokens": sum(r["completion_tokens"] for r in records) / len(records),
                "checker": checker, "seconds_checking": round(time.monotonic() - started, 3)}
-    store.write_version(
-        version=version, stage=STAGE, code_version=CODE_VERSION, table="evals",
-        data=pa.Table.from_pylist(records, schema=EVALS), partition={"kind": "ifeval"}, config=config,
-        parents=parents, snapshot_id=snapshot_id, stats=summary,
-    )
+    plan = Plan(config=config, parents=parents, partition_value="ifeval", snapshot_id=snapshot_id, version=version,
+                rows=pa.Table.from_pylist(records, schema=EVALS), extra_stats=lambda _rows: summary)
+    run_stage(store, IFEVAL, plan)
     return IFEvalResult(version, len(rows), summary)
