@@ -292,14 +292,9 @@ def executor_option(function):
 
 
 def _stage_models(store, settings):
-    """(executor, snapshot -> ModelSpec) for the model stages: one way to load a model, here or in a worker."""
-    from builder.backends.loading import generator_spec, reward_spec
-    from builder.stages.ray_executor import executor_for
+    from builder.backends.loading import stage_models
 
-    def spec(snap):
-        return reward_spec(store, snap) if snap.role == "reward" else generator_spec(store, snap, settings)
-
-    return executor_for(settings.executor), spec
+    return stage_models(store, settings)
 
 
 def generation_options(function):

@@ -57,6 +57,18 @@ def reward_spec(store: Store, snapshot: Snapshot) -> ModelSpec:
     return ModelSpec("reward", "hf", str(snapshot.folder(store)))
 
 
+def spec_for(store: Store, snapshot: Snapshot, profile: Profile) -> ModelSpec:
+    """How to load any snapshot a stage names: a reward model as one, every other as a generator."""
+    return reward_spec(store, snapshot) if snapshot.role == "reward" else generator_spec(store, snapshot, profile)
+
+
+def stage_models(store: Store, profile: Profile) -> tuple[Any, Callable[[Snapshot], ModelSpec]]:
+    """(the profile's executor, snapshot -> ModelSpec): what a command hands the model stages."""
+    from builder.stages.ray_executor import executor_for
+
+    return executor_for(profile.executor), lambda snapshot: spec_for(store, snapshot, profile)
+
+
 def default_generator_factory(store: Store, profile: Profile) -> Callable[[Snapshot], Any]:
     """snapshot -> a loaded generator under the profile's backend."""
     return lambda snapshot: generator_spec(store, snapshot, profile).load()
