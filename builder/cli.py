@@ -304,7 +304,8 @@ def generation_options(function):
         click.option("--top-p", type=TOP_P),
         click.option("--max-new-tokens", type=COUNT),
         click.option("--seed", type=SEED),
-        click.option("--backend", type=click.Choice(["hf", "vllm"])),
+        click.option("--backend", type=click.Choice(["hf", "vllm", "openai"])),
+        click.option("--base-url", help="openai backend: the server's API root, e.g. http://127.0.0.1:8000/v1."),
         click.option("--batch-size", type=COUNT, help="Throughput only: never changes results."),
     ]):
         function = option(function)
@@ -326,35 +327,18 @@ def _check_chunk(settings, prompt_set: str | None, chunk: int, flag: str) -> Non
 
 
 def _resolve_prompt_set(store, prompt_set: str | None, chunks: int) -> str:
-    from builder.stages.prompts import Chunking, default_prompts_path, import_prompts
+    from builder.stages.prompts import resolve_prompt_set
 
-    if prompt_set:
-        manifest = store.find_version(prompt_set)
-        if manifest.table != "prompts":
-            raise TsrError(f"version {manifest.version} is a {manifest.table} version, not a prompt set")
-        return manifest.version
-    manifest, _ = import_prompts(store, default_prompts_path(), chunking=Chunking(chunks=chunks))
-    return manifest.version
+    return resolve_prompt_set(store, prompt_set, chunks)
 
 
 # ---- generate, judge --------------------------------------------------------------------------------------------
 
 
 def _generate_chunk(store, settings, snapshot_ref: str, chunk: int, prompt_set: str | None, sample_offset: int):
-    """Generate (or find) K samples per prompt of a chunk; returns (GenerationSet, snapshot)."""
-    from builder.snapshot import get_snapshot
-    from builder.stages.generate import generate
-    from builder.stages.prompts import prompt_chunk
+    from builder.stages.generate import generate_chunk
 
-    snap = get_snapshot(store, snapshot_ref)
-    set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
-    prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
-    executor, spec = _stage_models(store, settings)
-    result = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
-                      sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
-                      cfg=settings.generate, load_generator=lambda: spec(snap).load(), spec=lambda: spec(snap),
-                      executor=executor)
-    return result, snap
+    return generate_chunk(store, settings, snapshot_ref, chunk, prompt_set, sample_offset)
 
 
 @cli.command(name="generate")
@@ -813,7 +797,8 @@ def eval_generation_options(function):
                      help="Sampling temperature of the answers (0: greedy)."),
         click.option("--max-new-tokens", type=COUNT, help="New tokens per answer (default: the profile's)."),
         click.option("--seed", type=SEED),
-        click.option("--backend", type=click.Choice(["hf", "vllm"])),
+        click.option("--backend", type=click.Choice(["hf", "vllm", "openai"])),
+        click.option("--base-url", help="openai backend: the server's API root, e.g. http://127.0.0.1:8000/v1."),
         click.option("--batch-size", type=COUNT, help="Throughput only: never changes results."),
     ]):
         function = option(function)

@@ -59,11 +59,19 @@ class GenerateConfig:
     max_new_tokens: int = _result(64, "new tokens per response (paper: 1024)", min=1)
     seed: int = _result(0, "base seed; each sample's seed is derived from it, the prompt and the sample index",
                         min=0, max=SEED_MAX)
-    backend: str = _knob("hf", "hf (transformers) or vllm", choices=("hf", "vllm"))
+    backend: str = _knob("hf", "hf (transformers), vllm (in-process), or openai (an OpenAI-compatible server)",
+                         choices=("hf", "vllm", "openai"))
     batch_size: int = _knob(8, "requests per batch (hf backend)", min=1)
+    base_url: str | None = _knob(None, "openai: the server's API root, e.g. http://127.0.0.1:8000/v1")
+    served_model: str | None = _knob(None, "openai: the model name the server knows (default: the snapshot's "
+                                     "folder, as `transformers serve FOLDER` and `vllm serve FOLDER` name it)")
+    api_key_env: str = _knob("OPENAI_API_KEY", "openai: the environment variable holding the API key (never stored)")
+    max_in_flight: int = _knob(8, "openai: requests in flight at once", min=1)
 
     def __post_init__(self) -> None:
         validate(self, "generate")
+        if self.backend == "openai" and not self.base_url:
+            raise SettingError("generate.backend openai needs generate.base_url (the server's API root)", "base_url")
 
 
 @dataclass

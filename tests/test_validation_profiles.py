@@ -94,7 +94,8 @@ BAD_SETTINGS = [
     ("generate: {seed: -1}", "generate.seed must be in [0, 4294967295], got -1"),
     ("generate: {seed: 1.5}", "generate.seed must be an integer"),
     ("generate: {batch_size: 0}", "generate.batch_size must be at least 1"),
-    ("generate: {backend: vlm}", "generate.backend must be one of hf, vllm, got 'vlm' (did you mean 'vllm'?)"),
+    ("generate: {backend: vlm}", "generate.backend must be one of hf, vllm, openai, got 'vlm' (did you mean 'vllm'?)"),
+    ("generate: {backend: openai}", "generate.backend openai needs generate.base_url (the server's API root)"),
     ("generate: {backend: 3}", "generate.backend must be a string, got 3"),
     # judge
     ("judge: {temperature: -1}", "judge.temperature must be >= 0, got -1"),

@@ -223,6 +223,7 @@ def _default_reply(request: GenRequest) -> str:
 BACKENDS: dict[str, str] = {
     "hf": "builder.backends.hf:HFGenerator",
     "vllm": "builder.backends.vllm:VLLMGenerator",
+    "openai": "builder.backends.served:ServedGenerator",
 }
 
 
@@ -251,4 +252,8 @@ def get_generator(
     if backend == "hf":
         return factory(model_path, device=device, dtype=dtype, batch_size=batch_size,
                        trust_remote_code=trust_remote_code, **options)
+    if backend == "openai":
+        # The server holds the weights; the local folder gives the model's name and its tokenizer (forced mode).
+        return factory(options.pop("base_url"), options.pop("served_model", None) or model_path,
+                       batch_size=batch_size, tokenizer_folder=model_path, **options)
     return factory(model_path, dtype=dtype, trust_remote_code=trust_remote_code, **options)

@@ -28,6 +28,7 @@ class ModelSpec:
     # torch's CPU threads in the process that loads it (None: torch's default). CPU kernels sum in another order
     # with another thread count, and a sampled token on a near-tie can flip: same threads, same rows.
     threads: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # backend settings (the openai backend's server), as pairs
 
     def load(self) -> Any:
         from builder.progress import quiet_libraries
@@ -43,13 +44,16 @@ class ModelSpec:
             return RewardScorer(self.folder)
         from builder.backends.base import get_generator
 
-        return get_generator(self.backend, self.folder, batch_size=self.batch_size)
+        return get_generator(self.backend, self.folder, batch_size=self.batch_size, **dict(self.options))
 
 
 def generator_spec(store: Store, snapshot: Snapshot, profile: Profile, batch_size: int | None = None) -> ModelSpec:
     """How to load `snapshot` for generation and judging under the profile's backend."""
-    return ModelSpec("generator", profile.generate.backend, str(snapshot.folder(store)),
-                     batch_size or profile.generate.batch_size)
+    cfg = profile.generate
+    options = (("base_url", cfg.base_url), ("served_model", cfg.served_model), ("api_key_env", cfg.api_key_env),
+               ("max_in_flight", cfg.max_in_flight)) if cfg.backend == "openai" else ()
+    return ModelSpec("generator", cfg.backend, str(snapshot.folder(store)), batch_size or cfg.batch_size,
+                     options=options)
 
 
 def reward_spec(store: Store, snapshot: Snapshot) -> ModelSpec:

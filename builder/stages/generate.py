@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -18,6 +19,10 @@ from builder.config import GenerateConfig, result_fields
 from builder.fingerprint import content_hash
 from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stage
 from builder.store import Store
+
+if TYPE_CHECKING:
+    from builder.config import Profile
+    from builder.snapshot import Snapshot
 
 STAGE = "generate"
 CODE_VERSION = 1
@@ -114,3 +119,21 @@ def generate(
                     "completion_tokens": sum(rows.column("completion_tokens").to_pylist()), "backend": cfg.backend})
     run = run_stage(store, GENERATE, plan, ModelSource(load_generator, spec), executor)
     return GenerationSet(run.version, ids, generated=run.computed, reused=run.reused)
+
+
+def generate_chunk(store: Store, settings: Profile, snapshot_ref: str, chunk: int, prompt_set: str | None,
+                   sample_offset: int = 0) -> tuple[GenerationSet, Snapshot]:
+    """Generate (or find) K samples per prompt of a chunk, under the profile's executor (`tsr generate`)."""
+    from builder.backends.loading import stage_models
+    from builder.snapshot import get_snapshot
+    from builder.stages.prompts import prompt_chunk, resolve_prompt_set
+
+    snap = get_snapshot(store, snapshot_ref)
+    set_version = resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+    prompts = prompt_chunk(store, set_version, chunk, settings.loop.prompts_per_iteration)
+    executor, spec = stage_models(store, settings)
+    result = generate(store, snapshot_id=snap.snapshot_id, prompts=prompts, prompt_set=set_version,
+                      sample_indices=list(range(sample_offset, sample_offset + settings.generate.k)),
+                      cfg=settings.generate, load_generator=lambda: spec(snap).load(), spec=lambda: spec(snap),
+                      executor=executor)
+    return result, snap

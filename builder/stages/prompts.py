@@ -267,3 +267,14 @@ def prompt_chunk(store: Store, prompt_set: str, chunk: int, limit: int | None = 
     if selected.is_empty():
         raise TsrError(f"prompt set {prompt_set} has {table['chunk'].max()} chunk(s); chunk {chunk} does not exist")
     return selected.head(limit) if limit else selected
+
+
+def resolve_prompt_set(store: Store, prompt_set: str | None, chunks: int) -> str:
+    """The prompt-set version a command names, or the shipped default prompts (imported once, in `chunks`)."""
+    if prompt_set:
+        manifest = store.find_version(prompt_set)
+        if manifest.table != "prompts":
+            raise TsrError(f"version {manifest.version} is a {manifest.table} version, not a prompt set")
+        return manifest.version
+    manifest, _ = import_prompts(store, default_prompts_path(), chunking=Chunking(chunks=chunks))
+    return manifest.version

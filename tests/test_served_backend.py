@@ -1,0 +1,162 @@
+"""The served backend against a loopback server that answers with the response shapes vLLM documents for its
+OpenAI-compatible API (chat completions; completions with `logprobs`), through the real `openai` client."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from builder.backends.base import GenRequest, SamplingSettings
+from builder.errors import TsrError
+
+pytest.importorskip("openai")
+from builder.backends.served import ServedGenerator, digit_distribution
+
+SAMPLING = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=16)
+
+
+class Replay(BaseHTTPRequestHandler):
+    """vLLM-shaped answers; `server.behaviour` picks a failure to show."""
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, body))
+        behaviour = self.server.behaviour
+        if behaviour == "fail-once" and not self.server.failed:
+            self.server.failed = True
+            return self._send(500, {"object": "error", "message": "engine busy", "type": "InternalServerError"})
+        if behaviour == "malformed":
+            return self._send_raw(200, b"{not json")
+        if self.path.endswith("/chat/completions"):
+            text = "same" if behaviour == "greedy" else f"sample {body['seed'] % 1000}"
+            return self._send(200, {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 7, "total_tokens": 11, "completion_tokens": 4}})
+        logprobs = None if behaviour == "no-logprobs" else {
+            "text_offset": [0], "token_logprobs": [-0.5], "tokens": ["4"],
+            "top_logprobs": [{"4": math.log(0.5), " 3": math.log(0.3), "5": math.log(0.1), "The": math.log(0.1)}]}
+        return self._send(200, {
+            "id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "text": "4", "logprobs": logprobs, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 30, "total_tokens": 31, "completion_tokens": 1}})
+
+    def _send(self, code: int, payload: dict) -> None:
+        self._send_raw(code, json.dumps(payload).encode())
+
+    def _send_raw(self, code: int, data: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    httpd.requests, httpd.behaviour, httpd.failed = [], None, False
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+
+
+def generator(server, **options) -> ServedGenerator:
+    return ServedGenerator(f"http://127.0.0.1:{server.server_port}/v1", "smol", max_retries=options.pop("retries", 2),
+                           **options)
+
+
+def requests(k: int = 2) -> list[GenRequest]:
+    return [GenRequest(key=f"p{p}-{i}", messages=[{"role": "user", "content": f"prompt {p}"}], seed=100 * p + i)
+            for p in range(3) for i in range(k)]
+
+
+def test_every_sample_is_its_own_request_with_its_own_seed(server):
+    batches = list(generator(server, batch_size=4, max_in_flight=2).generate(requests(), SAMPLING))
+    assert [len(b) for b in batches] == [4, 2]
+    results = {r.key: r for batch in batches for r in batch}
+    assert results["p1-1"].text == "sample 101" and results["p1-1"].completion_tokens == 4
+    assert results["p1-1"].finish_reason == "length" and results["p1-1"].prompt_tokens == 7
+    sent = [body for path, body in server.requests]
+    assert sorted(b["seed"] for b in sent) == [0, 1, 100, 101, 200, 201]
+    assert all(b["n"] == 1 and b["max_tokens"] == 16 and b["temperature"] == 1.0 for b in sent)
+
+
+def test_a_greedy_server_is_refused_not_stored(server):
+    server.behaviour = "greedy"
+    with pytest.raises(TsrError, match=r"returned identical samples of one prompt at temperature 1.0.*do_sample"):
+        list(generator(server).generate(requests(), SAMPLING))
+
+
+def test_forced_mode_reads_the_digits_from_vllm_logprobs(server):
+    (probs,) = generator(server).digit_probs(["rendered prompt ... Score: "])
+    assert probs == pytest.approx([0, 0, 0, 0.3 / 0.9, 0.5 / 0.9, 0.1 / 0.9])
+    path, body = server.requests[0]
+    assert path.endswith("/completions") and body["logprobs"] == 20 and body["max_tokens"] == 1
+
+
+def test_a_server_without_logprobs_names_itself_and_suggests_generate_mode(server):
+    server.behaviour = "no-logprobs"
+    with pytest.raises(TsrError, match=r"returned no log-probabilities: forced mode needs them; use --mode generate"):
+        generator(server).digit_probs(["x"])
+
+
+def test_a_5xx_is_retried_by_the_client(server):
+    server.behaviour = "fail-once"
+    (batch,) = list(generator(server).generate(requests(1)[:1], SAMPLING))
+    assert batch[0].text == "sample 0" and len(server.requests) == 2
+
+
+def test_failures_are_one_line(server):
+    server.behaviour = "malformed"
+    with pytest.raises(TsrError) as malformed:
+        list(generator(server, retries=0).generate(requests(1)[:1], SAMPLING))
+    port = server.server_port
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(TsrError, match=r"is unreachable") as down:
+        list(ServedGenerator(f"http://127.0.0.1:{port}/v1", "smol", max_retries=0).generate(requests(1)[:1], SAMPLING))
+    for error in (malformed.value, down.value):
+        assert len(str(error).splitlines()) == 1 and f"127.0.0.1:{port}" in str(error)
+
+
+def test_digit_distribution_counts_both_spellings_and_is_uniform_without_digits():
+    assert digit_distribution({"2": math.log(0.25), " 2": math.log(0.25)}) == [0, 0, 1, 0, 0, 0]
+    assert digit_distribution({"The": 0.0}) == pytest.approx([1 / 6] * 6)
+
+
+def test_tsr_generate_and_judge_through_a_server(server, tsr, tmp_path, data_root):
+    """The stages' rows through the openai backend: same schema and lineage as any backend, `backend` = openai."""
+    import polars as pl
+
+    from builder.store import Store
+    from tests.tiny_model import make_tiny_model
+
+    make_tiny_model(tmp_path / "tiny")
+    tsr("models", "add", str(tmp_path / "tiny"), "--name", "tiny", "--role", "m0")
+    profile = tmp_path / "served.yaml"
+    profile.write_text("generate: {k: 2, max_new_tokens: 8}\nloop: {prompts_per_iteration: 2}\n"
+                       "judge: {mode: generate, max_new_tokens: 8}\n")
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    out = tsr("judge", "--snapshot", "tiny", "--profile", str(profile), "--backend", "openai", "--base-url", url)
+    assert "4 judged" in out.output
+    store = Store.open(data_root)
+    generations = pl.from_arrow(store.read("generations"))
+    assert generations.height == 4 and set(generations["backend"]) == {"openai"}
+    assert generations["text"].str.starts_with("sample ").all()
+    (manifest,) = store.manifests(table="generations")
+    assert manifest.stats["backend"] == "openai"  # a throughput setting: in the stats, not the version id
+    # The server is asked for the snapshot's folder, the name `vllm serve FOLDER` and `transformers serve` give it.
+    (snapshot_id,) = set(generations["snapshot_id"])
+    assert {body["model"] for _, body in server.requests} == {str(data_root / "snapshots" / snapshot_id)}
+    judgments = pl.from_arrow(store.read("judgments"))
+    assert judgments.height == 4 and set(judgments["mode"]) == {"generate"}
+    assert "match their manifests" in tsr("versions", "verify").output
