@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -49,6 +50,9 @@ class ServedGenerator:
         self._client_args = {"base_url": self.base_url, "api_key": os.environ.get(api_key_env) or "none",
                              "timeout": timeout, "max_retries": max_retries}
         self._openai = openai
+        self._loop: asyncio.AbstractEventLoop | None = None  # started on the first call (see _run)
+        self._client: Any = None
+        self._limit: asyncio.Semaphore | None = None
 
     # ---- generation -----------------------------------------------------------------------------------------
 
@@ -137,23 +141,26 @@ class ServedGenerator:
     # ---- transport --------------------------------------------------------------------------------------------
 
     def _run(self, calls: list) -> list:
-        """Run the calls concurrently, at most max_in_flight at a time; results in call order."""
+        """Run the calls concurrently, at most max_in_flight at a time; results in call order.
+
+        One event loop in a daemon thread and one client on it serve every batch, so connections are kept alive
+        from batch to batch instead of opened again for each.
+        """
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="tsr-served", daemon=True).start()
+            self._client = self._openai.AsyncOpenAI(**self._client_args)
+            self._limit = asyncio.Semaphore(self.max_in_flight)
+
+        async def bounded(call):
+            async with self._limit:
+                return await call(self._client)
 
         async def main():
-            client = self._openai.AsyncOpenAI(**self._client_args)
-            limit = asyncio.Semaphore(self.max_in_flight)
-
-            async def bounded(call):
-                async with limit:
-                    return await call(client)
-
-            try:
-                return await asyncio.gather(*(bounded(call) for call in calls))
-            finally:
-                await client.close()
+            return await asyncio.gather(*(bounded(call) for call in calls))
 
         try:
-            return asyncio.run(main())
+            return asyncio.run_coroutine_threadsafe(main(), self._loop).result()
         except self._openai.APIStatusError as exc:
             raise TsrError(f"server {self.base_url} answered {exc.status_code}: {_first_line(exc)}") from None
         except self._openai.APIConnectionError as exc:
