@@ -148,3 +148,26 @@ def test_a_rank_watches_the_launching_tsr_only_on_its_own_host():
     assert launching_process(f"not-{socket.gethostname()}:{os.getpid()}") == 0
     assert launching_process("") == 0
     assert launching_process(f"{socket.gethostname()}:garbage") == 0
+
+
+@pytest.mark.parametrize(("launcher", "processes"), [
+    ("torchrun --nproc_per_node 2", 2),
+    ("torchrun --nnodes 2 --nproc-per-node 4", 8),
+    ("accelerate launch --config_file {accelerate_configs}/zero3.yaml", 8),
+    ("accelerate launch --config_file {accelerate_configs}/ddp.yaml --num_processes 2", 2),
+    ("torchrun --standalone", None),
+])
+def test_the_launchers_process_count_is_read_from_its_words_or_config(launcher, processes):
+    from train.launch import launcher_processes
+
+    assert launcher_processes(launcher_command(launcher)) == processes
+
+
+def test_a_global_batch_that_does_not_split_over_the_launcher_fails_before_the_store(tsr, tmp_path, data_root):
+    profile = tmp_path / "p.yaml"
+    profile.write_text('train: {launcher: "torchrun --nproc_per_node 2", global_batch: 3}\n')
+    result = tsr("pairs", "--iter", "2", "--profile", str(profile), expect=1)
+    assert result.output.strip().splitlines() == [
+        ("Error: train.launcher 'torchrun --nproc_per_node 2': global_batch 3 does not split evenly over 2 "
+        "processes: make it a multiple of the number of processes")]
+    assert not data_root.exists()

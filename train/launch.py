@@ -13,6 +13,7 @@ and writes the run row exactly as an in-process run does. The launcher's output 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -32,6 +33,7 @@ from builder.store import Store, now_utc
 from train.distributed import (
     PARENT_ENV,
     World,
+    batch_split,
     check_same_store,
     ensure_store_id,
     parent_marker,
@@ -64,10 +66,35 @@ def launcher_command(launcher: str, where: str = "train.launcher") -> list[str]:
     return [program, *words[1:]]
 
 
+def launcher_processes(words: list[str]) -> int | None:
+    """The total number of processes a launcher command starts, when its words (or its accelerate config) say."""
+    values = dict(itertools.pairwise(words))
+    if values.get("--num_processes", "").isdigit():
+        return int(values["--num_processes"])
+    per_node = values.get("--nproc_per_node") or values.get("--nproc-per-node")
+    if per_node and per_node.isdigit():
+        nodes = values.get("--nnodes", "1")
+        return int(per_node) * (int(nodes) if nodes.isdigit() else 1)
+    if "--config_file" in values:
+        import yaml
+
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+            processes = (yaml.safe_load(Path(values["--config_file"]).read_text("utf-8")) or {}).get("num_processes")
+            return processes if isinstance(processes, int) else None
+    return None
+
+
 def check_launcher(cfg: Any, section: str) -> None:
-    """Checked before the store is touched: a launcher that cannot start fails the command at once."""
-    if cfg.launcher != INPROCESS:
-        launcher_command(cfg.launcher, f"{section}.launcher")
+    """Checked before the store is touched: a launcher that cannot start, or a global batch that does not split
+    over its processes, fails the command at once (not after the loop has generated and judged)."""
+    if cfg.launcher == INPROCESS:
+        return
+    processes = launcher_processes(launcher_command(cfg.launcher, f"{section}.launcher"))
+    if processes:
+        try:
+            batch_split(cfg.global_batch, cfg.per_device_batch, processes)
+        except TsrError as exc:
+            raise TsrError(f"{section}.launcher {cfg.launcher!r}: {exc}") from None
 
 
 def launched(cfg: Any) -> bool:
