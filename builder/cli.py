@@ -227,21 +227,33 @@ def models() -> None:
 @models.command(name="add")
 @click.argument("source", required=False)
 @click.option("--default", "use_default", is_flag=True, help="The embedded SmolLM2-135M-Instruct (converted once).")
-@click.option("--name", help="A name for the snapshot (default: folder name or repo id).")
-@click.option("--role", type=click.Choice(["m0", "judge", "reward", "external"]), default="external",
-              show_default=True)
-@click.option("--revision", help="Hub revision (branch, tag or commit) to resolve.")
+@click.option("--served", "served_url", metavar="URL",
+              help="A model behind an OpenAI-compatible server (vLLM, SGLang, TGI, transformers serve, a hosted "
+              "API): its API root, e.g. http://127.0.0.1:8000/v1. Needs --model.")
+@click.option("--model", "served_model", help="--served: the model name the server knows (see its /v1/models).")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
+              help="--served: the environment variable holding the server's API key (the key is never stored).")
+@click.option("--name", help="A name for the snapshot (default: folder name, repo id or served model).")
+@click.option("--role", type=click.Choice(["m0", "judge", "reward", "external"]),
+              help="m0, judge, reward or external (default: judge with --served, else external).")
+@click.option("--revision", help="Hub revision (branch, tag or commit) to resolve; with --served, the revision "
+              "that pins the served model (default: what the server reports, if it does).")
 @click.pass_context
-def models_add(ctx, source, use_default, name, role, revision) -> None:
-    """Add a local model folder (safetensors) or a Hub model id as a snapshot."""
+def models_add(ctx, source, use_default, served_url, served_model, api_key_env, name, role, revision) -> None:
+    """Add a local model folder (safetensors), a Hub model id or a served model as a snapshot."""
     from builder import snapshot as snapshots
 
-    if use_default == (source is not None):
-        raise TsrError("give either a model folder / hub id or --default")
+    if sum([use_default, source is not None, served_url is not None]) != 1:
+        raise TsrError("give one of: a model folder / hub id, --default, or --served URL --model NAME")
     if use_default and (name is not None or revision is not None):
         raise TsrError("--default takes no --name or --revision (it is always SmolLM2-135M-Instruct)")
+    if (served_model is not None) != (served_url is not None):
+        raise TsrError("--served URL and --model NAME go together")
     if name is not None:
         name = snapshots.check_name(name)
+    if served_url is not None:
+        return _add_served(ctx, served_url, served_model, api_key_env, name, role or "judge", revision)
+    role = role or "external"
     # Every check runs before the store is opened: a refused model leaves no store and no file behind.
     checked = checked_revision = None
     target = None if use_default else snapshots.resolve_source(source)
@@ -263,6 +275,30 @@ def models_add(ctx, source, use_default, name, role, revision) -> None:
     click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  ({snap.role})")
 
 
+def _add_served(ctx, url: str, model: str, api_key_env: str, name: str | None, role: str,
+                revision: str | None) -> None:
+    from builder import snapshot as snapshots
+    from builder.backends.endpoints import Endpoint, check_url, reported_revision, served_model_info
+
+    if role not in ("judge", "external"):
+        raise TsrError(f"--role {role}: a served model generates and judges (role judge or external); it has no "
+                       "weights here to train (m0) and no reward head the OpenAI API exposes (reward)")
+    if not model.strip() or not model.isprintable():
+        raise TsrError(f"--model {model!r}: must be the non-empty name the server lists")
+    if not api_key_env.isidentifier():
+        raise TsrError(f"--api-key-env {api_key_env!r}: not an environment variable name")
+    endpoint = Endpoint(check_url(url), api_key_env)
+    entry = served_model_info(endpoint, model)  # before the store is opened: a refused model writes nothing
+    pinned = revision or reported_revision(endpoint, entry)
+    store = _store(ctx, create=True)
+    with store.writing():
+        snap = snapshots.add_served(store, model, endpoint, revision=pinned, name=name, role=role)
+    click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  ({snap.role}, served by {endpoint.base_url})")
+    if pinned is None:
+        click.echo(f"note: the server reports no revision for {model!r}, so the snapshot pins the model name "
+                   "only; pass --revision to pin what it serves", err=True)
+
+
 @models.command(name="list")
 @click.pass_context
 def models_list(ctx) -> None:
@@ -273,7 +309,8 @@ def models_list(ctx) -> None:
         data = f"pairs {snap.pair_version}" if snap.pair_version else f"run {snap.run_id}"  # SFT: IFT + EFT run
         parent = f" <- {snap.parent_snapshot_id} on {data}" if snap.parent_snapshot_id else ""
         temporary = " [temporary]" if snap.temporary else ""
-        click.echo(f"{snap.snapshot_id}  {snap.name:<28} {snap.role:<9}{temporary}{parent}")
+        served = f" [served: {snap.served_model}@{snap.served_revision or 'unpinned'}]" if snap.served else ""
+        click.echo(f"{snap.snapshot_id}  {snap.name:<28} {snap.role:<9}{temporary}{served}{parent}")
 
 
 # ---- shared options ---------------------------------------------------------------------------------------------
@@ -824,24 +861,28 @@ def _eval_settings(profile, flags):
               help="Fixed judge snapshot; one added with --role reward compares by reward difference.")
 @click.option("--template", type=click.Path(path_type=Path),
               help="Pairwise template with {prompt}, {response_1}, {response_2}.")
-@click.option("--judge-max-new-tokens", type=INDEX, default=0, show_default=True,
-              help="Tokens of comparison written before the verdict is read (0: read it at once).")
+@click.option("--judge-mode", type=click.Choice(["forced", "generate"]),
+              help="forced: the verdict digit's probabilities; generate: the `Score: 1|2` line the judge writes "
+              "(default: generate for a served judge, else forced).")
+@click.option("--judge-max-new-tokens", type=INDEX,
+              help="Tokens of comparison written before the verdict (default: 0 in forced mode, read it at once; "
+              "256 in generate mode).")
 @click.option("--judge-temperature", type=NON_NEGATIVE, default=0.7, show_default=True)
 @click.option("--bootstrap", "resamples", type=COUNT, default=1000, show_default=True, help="Bootstrap resamples.")
 @eval_generation_options
 @profile_option
 @click.pass_context
-def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, template, judge_max_new_tokens,
-                 judge_temperature, resamples, profile, **flags) -> None:
+def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, template, judge_mode,
+                 judge_max_new_tokens, judge_temperature, resamples, profile, **flags) -> None:
     """Win, tie and loss rates of A against B, judged in both orders, with bootstrap 95% intervals."""
     from builder.snapshot import get_snapshot
     from builder.stages.prompts import Chunking, check_prompt_file, import_prompts, prompt_chunk
     from builder.stages.winrate import PairwiseJudgeSettings, template_text, winrate
 
     settings = _eval_settings(profile, flags)
-    judge_settings = PairwiseJudgeSettings(
-        template=str(template) if template else None, max_new_tokens=judge_max_new_tokens,
-        temperature=judge_temperature, seed=settings.judge.seed, batch_size=settings.judge.batch_size)
+    if judge_mode == "generate" and judge_max_new_tokens == 0:
+        raise TsrError("--judge-mode generate with --judge-max-new-tokens 0 leaves the judge no reply to read its "
+                       "`Score: 1|2` line from")
     if template:
         template_text(str(template))  # a bad template fails before anything is generated
     if prompts_ref.isascii() and prompts_ref.isdigit():
@@ -855,6 +896,11 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
     store = _store(ctx, create=True)
     with store.writing():
         a, b, judge_snap = (get_snapshot(store, ref) for ref in (a_ref, b_ref, judge_ref))
+        mode = judge_mode or ("generate" if judge_snap.served else "forced")
+        judge_settings = PairwiseJudgeSettings(
+            template=str(template) if template else None, mode=mode, temperature=judge_temperature,
+            max_new_tokens=judge_max_new_tokens if judge_max_new_tokens is not None else
+            (256 if mode == "generate" else 0), seed=settings.judge.seed, batch_size=settings.judge.batch_size)
         if prompts_ref.isdigit():
             set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
             prompts = prompt_chunk(store, set_version, int(prompts_ref), limit)
@@ -879,6 +925,9 @@ def eval_winrate(ctx, a_ref, b_ref, prompts_ref, prompt_set, limit, judge_ref, t
     low, high = s["score_ci"]
     click.echo(f"  score {s['score']:.3f}  95% CI [{low:.3f}, {high:.3f}]  (win + tie/2)")
     click.echo(f"  mean length: A {s['mean_tokens_a']:.1f} tokens, B {s['mean_tokens_b']:.1f} tokens")
+    if "unparsed_verdicts" in s:
+        click.echo(f"  unparsed verdicts: {s['unparsed_verdicts']} of {2 * result.prompts} replies had no "
+                   "`Score: 1|2` line (each counted as no preference in its order)")
     if "position_1_preference" in s:  # LLM judges only (and versions written before it was recorded lack it)
         click.echo(f"  position bias: the judge gives response 1 P = {s['position_1_preference']:.3f} on average "
                    f"(0.5 = none; judging both orders cancels it)")

@@ -67,11 +67,27 @@ class GenerateConfig:
                                      "folder, as `transformers serve FOLDER` and `vllm serve FOLDER` name it)")
     api_key_env: str = _knob("OPENAI_API_KEY", "openai: the environment variable holding the API key (never stored)")
     max_in_flight: int = _knob(8, "openai: requests in flight at once", min=1)
+    serve_command: str | None = _knob(None, "openai: the engine tsr starts on each snapshot it generates or judges "
+                                      "with, e.g. 'vllm serve {model} --port {port}' ({model}: the snapshot's "
+                                      "folder, {port}: a free port); instead of base_url")
+    served_api: str = _knob("chat", "openai: chat (the server applies its chat template) or completions (tsr "
+                            "renders the snapshot's own template and sends text)", choices=("chat", "completions"))
 
     def __post_init__(self) -> None:
         validate(self, "generate")
-        if self.backend == "openai" and not self.base_url:
-            raise SettingError("generate.backend openai needs generate.base_url (the server's API root)", "base_url")
+        if self.backend == "openai" and not (self.base_url or self.serve_command):
+            raise SettingError("generate.backend openai needs generate.base_url (the server's API root) or "
+                               "generate.serve_command (an engine tsr starts)", "base_url")
+        if self.base_url and self.serve_command:
+            raise SettingError("generate.base_url and generate.serve_command exclude each other: a running server, "
+                               "or one tsr starts", "serve_command")
+        if self.serve_command:
+            from builder.backends.managed_server import check_template
+
+            try:
+                check_template(self.serve_command)
+            except TsrError as exc:
+                raise SettingError(str(exc), "serve_command") from None
 
 
 @dataclass

@@ -83,14 +83,22 @@ class Loop:
 
         def load() -> Generator:
             if self._loaded is None or self._loaded[0] != snapshot.snapshot_id:
-                self._loaded = None
-                gc.collect()
+                self._release()
                 started = time.monotonic()
                 self._loaded = (snapshot.snapshot_id, self.make_generator(snapshot))
                 self.seconds["load model"] += time.monotonic() - started
             return self._loaded[1]
 
         return load
+
+    def _release(self) -> None:
+        """Drop the model in memory; a served model's engine (generate.serve_command) is stopped now."""
+        if self._loaded is not None:
+            close = getattr(self._loaded[1], "close", None)
+            self._loaded = None
+            if close is not None:
+                close()
+        gc.collect()
 
     def spec_for(self, snapshot: Snapshot) -> Callable[[], ModelSpec] | None:
         """The model as other executors load it; made only when a stage has work (it may resolve a download)."""
@@ -105,7 +113,7 @@ class Loop:
 
             result = self.iteration(n)
             start = self.policy(n - 1)
-            self._loaded = None  # free the generator's memory for training
+            self._release()  # free the generator's memory (or the engine tsr started) for training
             started = time.monotonic()
             trained = train_dpo(self.store, result.final_pairs, start, self.profile.train,
                                 role="iteration", name=f"M{n}-{self.method}")
@@ -191,7 +199,7 @@ class Loop:
         # Phase 2: future-guided chosen. M_f = DPO(M_i on D1) only generates; M_i (not M_f) judges.
         from train.dpo import train_dpo
 
-        self._loaded = None
+        self._release()
         started = time.monotonic()
         trained = train_dpo(self.store, d1_version, policy, self.profile.train, role="future",
                             name=f"Mf{n}-{self.method}", temporary=True)

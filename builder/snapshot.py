@@ -53,7 +53,14 @@ class Snapshot:
     pair_version: str | None = None
     run_id: str | None = None
     temporary: bool = False
+    served_model: str | None = None
+    served_revision: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def served(self) -> bool:
+        """Whether the model lives behind a server (tsr models add --served) rather than in a folder."""
+        return self.served_model is not None
 
     def folder(self, store: Store) -> str:
         """Where transformers/vLLM load it from: the store folder (checked against its recorded files first), or
@@ -65,6 +72,9 @@ class Snapshot:
                                "store (a pull brings tables, not weights; add the model with tsr models add)")
             store.verify_models([self.snapshot_id])
             return str(folder)
+        if self.served:
+            raise TsrError(f"snapshot {self.snapshot_id} ({self.name}) is served by {self.served_model!r} behind a "
+                           "server and has no model folder here (it can generate and judge, not be trained)")
         assert self.hub_repo is not None
         from huggingface_hub import snapshot_download
 
@@ -209,6 +219,25 @@ def add_hub(store: Store, repo_id: str, *, revision: str | None = None, name: st
     snapshot_id = content_hash({"hub": repo_id, "revision": sha})
     return register(store, Snapshot(snapshot_id, check_name(name) if name is not None else repo_id, role,
                                     hub_repo=repo_id, hub_revision=sha))
+
+
+def served_snapshot_id(model: str, revision: str | None) -> str:
+    """A served model's id: the name the server knows it by and its revision, never the URL or a key, so the
+    same model behind another host (or a moved server) is the same snapshot."""
+    return content_hash({"served": model, "revision": revision})
+
+
+def add_served(store: Store, model: str, endpoint, *, revision: str | None, name: str | None = None,
+               role: str = "judge") -> Snapshot:
+    """Register a model behind an OpenAI-compatible server (checked by the caller) and record its endpoint."""
+    from builder.backends.endpoints import endpoints_payload, read_endpoints
+
+    snapshot = register(store, Snapshot(served_snapshot_id(model, revision),
+                                        check_name(name) if name is not None else model, role,
+                                        served_model=model, served_revision=revision))
+    store.write_local_file("endpoints.json", endpoints_payload(read_endpoints(store.root), snapshot.snapshot_id,
+                                                               endpoint))
+    return snapshot
 
 
 # ---- models add: every check before the first write -----------------------------------------------------------

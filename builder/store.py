@@ -499,6 +499,10 @@ class Store:
         self.remember_verified(entry["path"], entry["sha256"])
         return entry
 
+    def write_local_file(self, name: str, payload: bytes) -> None:
+        """Replace a store-local file at the root that no version lists and no push sends (endpoints.json)."""
+        self._write_atomic(self.root / name, payload)
+
     def _write_atomic(self, target: Path, payload: bytes) -> None:
         tmp = self._tmp_path(target.suffix)
         with open(tmp, "wb") as handle:

@@ -106,6 +106,10 @@ SNAPSHOTS = pa.schema(
         pa.field("run_id", pa.string(), nullable=True),  # the training run that made it
         pa.field("temporary", pa.bool_(), nullable=False),  # M_f: generates once, never judges
         pa.field("created_at", _TS, nullable=False),
+        # A model behind a server (tsr models add --served): the name the server knows it by, and its revision
+        # (given, or reported by the server). Where it is served is the store's endpoints.json, never a table.
+        pa.field("served_model", pa.string(), nullable=True),
+        pa.field("served_revision", pa.string(), nullable=True),
     ]
 )
 
@@ -187,7 +191,7 @@ EVALS = pa.schema(
         pa.field("other_generation_id", pa.string(), nullable=True),
         pa.field("other_completion_tokens", pa.int32(), nullable=True),
         pa.field("judge_id", pa.string(), nullable=True),  # winrate: the fixed judge (LLM or reward model)
-        pa.field("judge_mode", pa.string(), nullable=True),  # forced (verdict-token probabilities) | reward
+        pa.field("judge_mode", pa.string(), nullable=True),  # forced (verdict-token probs) | generate | reward
         pa.field("template_hash", pa.string(), nullable=True),  # forced: the pairwise template's hash
         pa.field("pref_a_first", pa.float64(), nullable=True),  # P(A better) with A shown as response 1
         pa.field("pref_a_second", pa.float64(), nullable=True),  # P(A better) with A shown as response 2
@@ -195,6 +199,8 @@ EVALS = pa.schema(
         pa.field("reward_b", pa.float64(), nullable=True),
         pa.field("preference", pa.float64(), nullable=True),  # debiased P(A better): mean of both orders
         pa.field("outcome", pa.string(), nullable=True),  # win | tie | loss, from A's side
+        # generate mode: how many of the two orders' replies had no `Score: 1|2` line (counted as no preference)
+        pa.field("unparsed_verdicts", pa.int32(), nullable=True),
         pa.field("ifeval_key", pa.string(), nullable=True),  # ifeval: the row's `key`
         pa.field("instruction_ids", pa.list_(pa.string()), nullable=True),
         pa.field("follow_strict", pa.list_(pa.bool_()), nullable=True),  # per instruction

@@ -3,10 +3,7 @@ OpenAI-compatible API (chat completions; completions with `logprobs`), through t
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,56 +12,14 @@ from builder.errors import TsrError
 
 pytest.importorskip("openai")
 from builder.backends.served import ServedGenerator, digit_distribution
+from tests.vllm_standin import serve_in_thread
 
 SAMPLING = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=16)
 
 
-class Replay(BaseHTTPRequestHandler):
-    """vLLM-shaped answers; `server.behaviour` picks a failure to show."""
-
-    def log_message(self, *args):  # keep the test output clean
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, body))
-        behaviour = self.server.behaviour
-        if behaviour == "fail-once" and not self.server.failed:
-            self.server.failed = True
-            return self._send(500, {"object": "error", "message": "engine busy", "type": "InternalServerError"})
-        if behaviour == "malformed":
-            return self._send_raw(200, b"{not json")
-        if self.path.endswith("/chat/completions"):
-            text = "same" if behaviour == "greedy" else f"sample {body['seed'] % 1000}"
-            return self._send(200, {
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 7, "total_tokens": 11, "completion_tokens": 4}})
-        logprobs = None if behaviour == "no-logprobs" else {
-            "text_offset": [0], "token_logprobs": [-0.5], "tokens": ["4"],
-            "top_logprobs": [{"4": math.log(0.5), " 3": math.log(0.3), "5": math.log(0.1), "The": math.log(0.1)}]}
-        return self._send(200, {
-            "id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "text": "4", "logprobs": logprobs, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 30, "total_tokens": 31, "completion_tokens": 1}})
-
-    def _send(self, code: int, payload: dict) -> None:
-        self._send_raw(code, json.dumps(payload).encode())
-
-    def _send_raw(self, code: int, data: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
-    httpd.requests, httpd.behaviour, httpd.failed = [], None, False
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = serve_in_thread()
     yield httpd
     httpd.shutdown()
 
@@ -83,7 +38,7 @@ def test_every_sample_is_its_own_request_with_its_own_seed(server):
     batches = list(generator(server, batch_size=4, max_in_flight=2).generate(requests(), SAMPLING))
     assert [len(b) for b in batches] == [4, 2]
     results = {r.key: r for batch in batches for r in batch}
-    assert results["p1-1"].text == "sample 101" and results["p1-1"].completion_tokens == 4
+    assert results["p1-1"].text.startswith("sample 101. Score: ") and results["p1-1"].completion_tokens == 4
     assert results["p1-1"].finish_reason == "length" and results["p1-1"].prompt_tokens == 7
     sent = [body for path, body in server.requests]
     assert sorted(b["seed"] for b in sent) == [0, 1, 100, 101, 200, 201]
@@ -97,6 +52,7 @@ def test_a_greedy_server_is_refused_not_stored(server):
 
 
 def test_forced_mode_reads_the_digits_from_vllm_logprobs(server):
+    server.fixed_logprobs = {"4": math.log(0.5), " 3": math.log(0.3), "5": math.log(0.1), "The": math.log(0.1)}
     (probs,) = generator(server).digit_probs(["rendered prompt ... Score: "])
     assert probs == pytest.approx([0, 0, 0, 0.3 / 0.9, 0.5 / 0.9, 0.1 / 0.9])
     path, body = server.requests[0]
@@ -112,7 +68,7 @@ def test_a_server_without_logprobs_names_itself_and_suggests_generate_mode(serve
 def test_a_5xx_is_retried_by_the_client(server):
     server.behaviour = "fail-once"
     (batch,) = list(generator(server).generate(requests(1)[:1], SAMPLING))
-    assert batch[0].text == "sample 0" and len(server.requests) == 2
+    assert batch[0].text.startswith("sample 0.") and len(server.requests) == 2
 
 
 def test_failures_are_one_line(server):

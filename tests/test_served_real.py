@@ -139,3 +139,39 @@ def test_a_server_killed_mid_stage_then_restarted(served, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     generations = pl.from_arrow(Store.open(data).read("generations"))
     assert generations.height == 12 and generations["generation_id"].n_unique() == 12
+
+
+def test_tsr_starts_and_stops_transformers_serve_itself(served, tmp_path):
+    """generate.serve_command: tsr serves the snapshot's own folder, waits for it, and stops it when done."""
+    data = tmp_path / "store"
+    assert run(data, "models", "add", str(served.folder), "--name", "smol", "--role", "m0").returncode == 0
+    command = f"env OMP_NUM_THREADS=1 {SERVE} serve {{model}} --host 127.0.0.1 --port {{port}}"
+    settings = tmp_path / "managed.yaml"
+    settings.write_text(f'generate: {{k: 2, max_new_tokens: 12, backend: openai, serve_command: "{command}", '
+                        f"max_in_flight: 2, batch_size: 2}}\n"
+                        f"judge: {{mode: generate, max_new_tokens: 12, batch_size: 2}}\n"
+                        f"loop: {{prompts_per_iteration: 2}}\n")
+    result = run(data, "judge", "--snapshot", "smol", "--profile", str(settings))
+    assert result.returncode == 0, result.stderr[-2000:]
+    store = Store.open(data)
+    generations = pl.from_arrow(store.read("generations"))
+    assert generations.height == 4 and set(generations["backend"]) == {"openai"}
+    assert pl.from_arrow(store.read("judgments")).height == 4
+    logs = sorted((data / "_logs").glob("serve-*.log"))
+    assert logs
+    for log in logs:  # every engine tsr started is gone
+        port = int(log.stem.rsplit("-", 1)[1])
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_a_served_judge_behind_transformers_serve(served, tmp_path):
+    """tsr models add --served against the real server's /v1/models, then judging with it (generate mode)."""
+    data = tmp_path / "store"
+    added = run(data, "models", "add", "--served", served.url, "--model", str(served.folder), "--name", "judge")
+    assert added.returncode == 0, added.stderr[-2000:]
+    assert run(data, "models", "add", str(served.folder), "--name", "smol", "--role", "m0").returncode == 0
+    result = run(data, "judge", "--snapshot", "smol", "--judge", "judge", "--profile", str(profile(tmp_path, served)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    judgments = pl.from_arrow(Store.open(data).read("judgments"))
+    assert judgments.height == 4 and set(judgments["mode"]) == {"generate"}

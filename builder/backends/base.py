@@ -253,7 +253,8 @@ def get_generator(
         return factory(model_path, device=device, dtype=dtype, batch_size=batch_size,
                        trust_remote_code=trust_remote_code, **options)
     if backend == "openai":
-        # The server holds the weights; the local folder gives the model's name and its tokenizer (forced mode).
-        return factory(options.pop("base_url"), options.pop("served_model", None) or model_path,
-                       batch_size=batch_size, tokenizer_folder=model_path, **options)
+        # The server holds the weights; the local folder (none for a served snapshot) gives the model's name, its
+        # tokenizer (forced mode, served_api completions) and what a serve_command serves.
+        return factory(options.pop("base_url", None), options.pop("served_model", None) or model_path,
+                       batch_size=batch_size, tokenizer_folder=model_path or None, **options)
     return factory(model_path, dtype=dtype, trust_remote_code=trust_remote_code, **options)

@@ -50,10 +50,19 @@ class ModelSpec:
 def generator_spec(store: Store, snapshot: Snapshot, profile: Profile, batch_size: int | None = None) -> ModelSpec:
     """How to load `snapshot` for generation and judging under the profile's backend."""
     cfg = profile.generate
+    size = batch_size or cfg.batch_size
+    if snapshot.served:  # behind its own server, whatever the profile's backend (tsr models add --served)
+        from builder.backends.endpoints import endpoint_for
+
+        endpoint = endpoint_for(store.root, snapshot.snapshot_id, snapshot.name)
+        return ModelSpec("generator", "openai", "", size, options=(
+            ("base_url", endpoint.base_url), ("served_model", snapshot.served_model),
+            ("api_key_env", endpoint.api_key_env), ("max_in_flight", cfg.max_in_flight)))
     options = (("base_url", cfg.base_url), ("served_model", cfg.served_model), ("api_key_env", cfg.api_key_env),
-               ("max_in_flight", cfg.max_in_flight)) if cfg.backend == "openai" else ()
-    return ModelSpec("generator", cfg.backend, str(snapshot.folder(store)), batch_size or cfg.batch_size,
-                     options=options)
+               ("max_in_flight", cfg.max_in_flight), ("served_api", cfg.served_api),
+               ("serve_command", cfg.serve_command), ("log_dir", str(store.root / "_logs")),
+               ) if cfg.backend == "openai" else ()
+    return ModelSpec("generator", cfg.backend, str(snapshot.folder(store)), size, options=options)
 
 
 def reward_spec(store: Store, snapshot: Snapshot) -> ModelSpec:

@@ -4,7 +4,8 @@ connections, and a bounded number of requests in flight.
 
 One request per sample, each with the row's own seed: servers differ on `n` (transformers serve ignores it), and a
 per-sample request keeps every row's seed what it records. Chat prompts go through the server's chat template
-(`/v1/chat/completions`). Forced-mode judging needs next-token log-probabilities: the rendered prompt (the
+(`/v1/chat/completions`), or, with `served_api: completions`, are rendered here with the snapshot's own template and
+sent as text (`/v1/completions`): for a server whose chat template is not the snapshot's. Forced-mode judging needs next-token log-probabilities: the rendered prompt (the
 snapshot's own chat template, from its local tokenizer) goes to `/v1/completions` with `logprobs`; a server that
 returns none is a one-line error that suggests generate mode.
 
@@ -33,19 +34,33 @@ LOGPROBS = 20  # top next tokens asked for; the six score digits are nearly alwa
 class ServedGenerator:
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", max_in_flight: int = 8,
-                 batch_size: int = 8, timeout: float = 600.0, max_retries: int = 3,
-                 tokenizer_folder: str | None = None) -> None:
+    def __init__(self, base_url: str | None, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+                 max_in_flight: int = 8, batch_size: int = 8, timeout: float = 600.0, max_retries: int = 3,
+                 tokenizer_folder: str | None = None, served_api: str = "chat", serve_command: str | None = None,
+                 log_dir: str | None = None) -> None:
         try:
             import openai
         except ImportError:
             raise BackendMissing(f"the openai backend needs the openai client: {_INSTALL}") from None
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
-        self.base_url, self.model = base_url.rstrip("/"), model
-        self.batch_size, self.max_in_flight = batch_size, max_in_flight
+        if served_api not in ("chat", "completions"):
+            raise ValueError(f"served_api must be chat or completions, got {served_api!r}")
+        self.served_api = served_api
         self._tokenizer_folder = tokenizer_folder
         self._tokenizer = None
+        self._server = None
+        if serve_command:
+            from builder.backends.managed_server import ManagedServer
+
+            if not tokenizer_folder:
+                raise TsrError("generate.serve_command starts an engine on a snapshot folder; this model has none")
+            self._server = ManagedServer(serve_command, tokenizer_folder, log_dir)
+            base_url = self._server.start()
+        if not base_url:
+            raise TsrError("the openai backend needs a server: generate.base_url or generate.serve_command")
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.batch_size, self.max_in_flight = batch_size, max_in_flight
         # The key is read from the environment at call time and never stored anywhere else.
         self._client_args = {"base_url": self.base_url, "api_key": os.environ.get(api_key_env) or "none",
                              "timeout": timeout, "max_retries": max_retries}
@@ -54,12 +69,22 @@ class ServedGenerator:
         self._client: Any = None
         self._limit: asyncio.Semaphore | None = None
 
+    def close(self) -> None:
+        """Stop the event loop's thread, and the engine if tsr started one (its memory is free after this)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
     # ---- generation -----------------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingSettings) -> Iterator[list[GenResult]]:
+        call = self._chat_call if self.served_api == "chat" else self._text_call
         for start in range(0, len(requests), self.batch_size):
             batch = list(requests[start : start + self.batch_size])
-            results = self._run([self._chat_call(r, sampling) for r in batch])
+            results = self._run([call(r, sampling) for r in batch])
             out = [self._result(r, response) for r, response in zip(batch, results)]
             self._check_sampled(batch, out, sampling)
             yield out
@@ -72,16 +97,40 @@ class ServedGenerator:
 
         return call
 
+    def _text_call(self, request: GenRequest, sampling: SamplingSettings):
+        """`/v1/completions` with the prompt rendered by the snapshot's own chat template, here."""
+        prompt = self.server_text(self.render(request.messages))
+
+        async def call(client):
+            return await client.completions.create(
+                model=self.model, prompt=prompt, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens, seed=request.seed, n=1)
+
+        return call
+
+    def server_text(self, rendered: str) -> str:
+        """The rendered text as a server should receive it: a server tokenizes a completion prompt with the
+        tokenizer's special tokens (vLLM does), so a beginning-of-sequence token the tokenizer adds itself is
+        dropped here rather than sent twice."""
+        if not self._tokenizer_folder:
+            return rendered  # rendered elsewhere (a caller with its own template): sent as given
+        bos = self.tokenizer.bos_token
+        if bos and rendered.startswith(bos):
+            ids = self.tokenizer("x").input_ids
+            if ids and ids[0] == self.tokenizer.bos_token_id:
+                return rendered[len(bos):]
+        return rendered
+
     def _result(self, request: GenRequest, response: Any) -> GenResult:
         try:
             choice = response.choices[0]
-            text = choice.message.content or ""
+            text = (choice.message.content if self.served_api == "chat" else choice.text) or ""
             usage = response.usage
             return GenResult(request.key, text, int(usage.prompt_tokens) if usage else 0,
                              int(usage.completion_tokens) if usage else 0,
                              "length" if choice.finish_reason == "length" else "stop")
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise TsrError(f"server {self.base_url}: malformed chat completion ({exc})") from None
+            raise TsrError(f"server {self.base_url}: malformed {self.served_api} completion ({exc})") from None
 
     def _check_sampled(self, batch: list[GenRequest], results: list[GenResult], sampling: SamplingSettings) -> None:
         if sampling.temperature <= 0:
@@ -116,7 +165,7 @@ class ServedGenerator:
     def digit_probs(self, texts: Sequence[str]) -> list[list[float]]:
         def call_for(text: str):
             async def call(client):
-                return await client.completions.create(model=self.model, prompt=text, max_tokens=1,
+                return await client.completions.create(model=self.model, prompt=self.server_text(text), max_tokens=1,
                                                        temperature=0.0, logprobs=LOGPROBS)
 
             return call

@@ -7,6 +7,9 @@ cached generation rows). Then, per prompt:
   as response 2. Its verdict is read in forced mode: after an optional justification, "Score:" is appended and the
   backend's forced digit reader gives P("1") and P("2"), renormalized over the two. (The verdict is written as a
   score line so that every backend, hf, vllm and the scripted fake, reads it with the digit reader it already has.)
+  In generate mode (a served judge, whose log-probabilities an API may not return) the judge writes its comparison
+  and the verdict is its final `Score: 1` or `Score: 2` line: 1.0 or 0.0; a reply without one counts as no
+  preference (0.5) in that order, and the summary counts them (`unparsed_verdicts`).
   pref_a_first = P(A better) with A shown first, pref_a_second = P(A better) with A shown second.
 * a reward model scores both answers; A's preference is 1, 0.5 or 0 as its reward is above, equal to or below B's.
   A reward model sees each answer alone, so it has no position to be biased by.
@@ -54,6 +57,7 @@ class PairwiseJudgeSettings:
     """What changes a verdict: the template, the justification's length and sampling, and the seed."""
 
     template: str | None = None  # a file with {prompt}, {response_1}, {response_2}; None: the shipped one
+    mode: str = "forced"  # forced (the verdict digit's probabilities) or generate (the verdict the judge writes)
     max_new_tokens: int = 0  # tokens of comparison written before the verdict (0: read the verdict at once)
     temperature: float = 0.7
     seed: int = 0
@@ -129,6 +133,8 @@ def summarize(rows: pl.DataFrame, *, resamples: int, seed: int, positional: bool
     summary["mean_tokens_a"] = float(rows["completion_tokens"].mean())
     summary["mean_tokens_b"] = float(rows["other_completion_tokens"].mean())
     summary["mean_preference"] = float(rows["preference"].mean())
+    if "unparsed_verdicts" in rows.columns and rows["unparsed_verdicts"].is_not_null().any():
+        summary["unparsed_verdicts"] = int(rows["unparsed_verdicts"].sum())  # generate mode: of 2 per prompt
     if positional:  # P(response 1 is better) over both orders, whatever it holds: 0.5 without position bias
         summary["position_1_preference"] = float(((rows["pref_a_first"] + 1 - rows["pref_a_second"]) / 2).mean())
     return summary
@@ -180,6 +186,20 @@ def forced_verdicts(generator: Generator, items: Sequence[tuple[str, str, str, i
     return out
 
 
+def generated_verdicts(generator: Generator, items: Sequence[tuple[str, str, str, int]], template: str,
+                       settings: PairwiseJudgeSettings) -> list[float | None]:
+    """1.0 or 0.0 from the judge's final `Score: 1` / `Score: 2` line, None for a reply without one."""
+    sampling = SamplingSettings(temperature=settings.temperature, top_p=1.0, max_new_tokens=settings.max_new_tokens)
+    requests = [GenRequest(key=str(i), seed=seed, messages=[{"role": "user", "content": template.format(
+        prompt=p, response_1=r1, response_2=r2)}]) for i, (p, r1, r2, seed) in enumerate(items)]
+    verdicts: list[float | None] = [None] * len(items)
+    for batch in generator.generate(requests, sampling):
+        for result in batch:
+            score, _ = judging.parse_score(result.text)
+            verdicts[int(result.key)] = {1: 1.0, 2: 0.0}.get(score) if score is not None else None
+    return verdicts
+
+
 def eval_id(generation_a: str, generation_b: str, judge_id: str, judge_settings: dict) -> str:
     return content_hash({"kind": "winrate", "a": generation_a, "b": generation_b, "judge": judge_id,
                          **judge_settings})
@@ -228,7 +248,7 @@ def winrate(
         settings = {"mode": "reward"}
     else:
         assert template is not None
-        settings = {"mode": "forced", "template": judging.template_hash(template),
+        settings = {"mode": judge_settings.mode, "template": judging.template_hash(template),
                     "max_new_tokens": judge_settings.max_new_tokens, "seed": judge_settings.seed,
                     **({"temperature": judge_settings.temperature} if judge_settings.max_new_tokens else {})}
     generations = pl.from_arrow(store.read("generations"))
@@ -304,12 +324,18 @@ def _judge_chunk(judge: Any, chunk: list[dict], template: str | None, settings: 
              for r in chunk]
     items += [(r["prompt"], r["other_text"], r["text"], _order_seed(settings.seed, r["eval_id"], "ba"))
               for r in chunk]
-    first = forced_verdicts(judge, items, template, settings)
+    if settings.mode == "generate":
+        verdicts = generated_verdicts(judge, items, template, settings)
+        first = [0.5 if v is None else v for v in verdicts]
+        unparsed = [int(verdicts[i] is None) + int(verdicts[len(chunk) + i] is None) for i in range(len(chunk))]
+    else:
+        first, unparsed = forced_verdicts(judge, items, template, settings), [None] * len(chunk)
     for i, r in enumerate(chunk):
         pref_first = first[i]  # A is response 1: P(1 better)
         pref_second = 1.0 - first[len(chunk) + i]  # A is response 2: P(2 better)
         rows.append({**base, **_ids(r), "pref_a_first": pref_first, "pref_a_second": pref_second,
-                     "preference": (pref_first + pref_second) / 2, "outcome": outcome(pref_first, pref_second)})
+                     "preference": (pref_first + pref_second) / 2, "outcome": outcome(pref_first, pref_second),
+                     "unparsed_verdicts": unparsed[i]})
     return rows
 
 
