@@ -1,8 +1,7 @@
 """Benchmark: generation through `transformers serve` (the openai backend) against the in-process hf backend.
 
 Both run the generate stage on the same prompts (cpu-demo settings, chunk 1) from copies of one prepared store;
-the served run goes through a real `transformers serve` on 127.0.0.1 on the same model folder (set to sample), and a
-third run has tsr start and stop that server itself (generate.serve_command), which adds the engine's start.
+the served run goes through a real `transformers serve` on 127.0.0.1 on the same model folder (set to sample).
 Then the client's own overhead: the same one-token chat request sent N times through the backend (one in flight)
 and as plain HTTP calls (urllib), one after the other.
 
@@ -120,23 +119,10 @@ def main(argv: list[str] | None = None) -> None:
             through_backend, raw = _overhead(url, str(model), args.calls)
         finally:
             os.killpg(server.pid, signal.SIGKILL)
-        # The same stage with tsr starting and stopping the engine itself (generate.serve_command), on a store whose
-        # snapshot is the sampling copy (transformers serve samples only if the folder says so).
-        managed = root / "managed"
-        _tsr(managed, "models", "add", str(model), "--name", "smol", "--role", "m0")
-        command = f"{BIN / 'transformers'} serve {{model}} --host 127.0.0.1 --port {{port}}"
-        managed_profile = root / "managed.yaml"
-        managed_profile.write_text(text.replace("  backend: hf\n", f'  backend: openai\n  serve_command: "{command}"\n'
-                                                f"  max_in_flight: 8\n"), "utf-8")
-        started = time.perf_counter()
-        _tsr(managed, "generate", "--snapshot", "smol", "--profile", str(managed_profile))
-        managed_wall, managed_stage = time.perf_counter() - started, _stage_seconds(managed)
         print(f"generate, 16 samples of the embedded model (cpu-demo), {os.cpu_count()} cores:")
         print(f"  hf in-process              wall {hf_wall:6.1f} s  stage {hf_stage:6.1f} s")
         print(f"  openai -> transformers serve  wall {served_wall:6.1f} s  stage {served_stage:6.1f} s  "
               f"served/hf {served_stage / hf_stage:.2f}x stage")
-        print(f"  serve_command (tsr starts and stops transformers serve)  wall {managed_wall:6.1f} s  stage "
-              f"{managed_stage:6.1f} s  engine start + stop ~{managed_wall - served_wall:.1f} s over a running one")
         print(f"one-token chat call, {args.calls} in a row: backend {through_backend * 1000:.1f} ms, raw HTTP "
               f"{raw * 1000:.1f} ms, backend/raw {through_backend / raw:.2f}x")
 
