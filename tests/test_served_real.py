@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from builder.backends.managed_server import free_port
 from builder.store import Store
 from tests.conftest import tsr_env
 
@@ -29,12 +29,6 @@ pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.slow
 SERVE = Path(sys.executable).parent / "transformers"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -211,3 +211,13 @@ def reply_text(body: dict) -> str:
     from tests.vllm_standin import Replay
 
     return Replay._text(body, json.dumps(body["messages"]))
+
+
+def test_an_engine_that_is_not_installed_is_one_line_and_leaves_no_log(tsr, tiny_model, tmp_path, data_root):
+    tsr("models", "add", str(tiny_model), "--name", "tiny", "--role", "m0")
+    settings = profile(tmp_path, ', backend: openai, serve_command: "no-such-engine-xyz serve {model} --port {port}"')
+    result = tsr("generate", "--snapshot", "tiny", "--profile", settings, expect=1)
+    assert result.output.strip().splitlines() == [
+        f"Error: generate.serve_command: 'no-such-engine-xyz' not found (next to {sys.executable} or on PATH)"]
+    assert not list(data_root.glob("_logs/*"))
+    assert not Store.open(data_root).manifests(table="generations")

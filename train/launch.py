@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import TsrError
+from builder.programs import find_program
 from builder.store import Store, now_utc
 from train.distributed import (
     PARENT_ENV,
@@ -56,10 +56,7 @@ def launcher_command(launcher: str, where: str = "train.launcher") -> list[str]:
     if not words:
         raise TsrError(f"{where} is empty: give {INPROCESS!r} or a launcher command such as 'torchrun "
                        "--nproc_per_node 8'")
-    beside = Path(sys.executable).parent / words[0]
-    program = str(beside) if "/" not in words[0] and beside.is_file() else shutil.which(words[0])
-    if program is None:
-        raise TsrError(f"{where}: {words[0]!r} not found (next to {sys.executable} or on PATH)")
+    program = find_program(words[0], where)
     for flag, value in itertools.pairwise(words):
         if flag == "--config_file" and not Path(value).is_file():
             raise TsrError(f"{where}: accelerate config {value} not found")

@@ -26,6 +26,7 @@ import weakref
 from pathlib import Path
 
 from builder.errors import TsrError
+from builder.programs import find_program
 
 PLACEHOLDERS = ("model", "port")
 HOST = "127.0.0.1"
@@ -66,7 +67,9 @@ class ManagedServer:
 
     def __init__(self, template: str, folder: str, log_dir: str | None, *, ready_timeout: float = 1800.0) -> None:
         self.port = free_port()
-        self.argv = [arg.format(model=folder, port=self.port) for arg in check_template(template)]
+        words = [arg.format(model=folder, port=self.port) for arg in check_template(template)]
+        # Found where it runs (on a cluster, in the Ray actor's node), not when the profile loads.
+        self.argv = [find_program(words[0], "generate.serve_command"), *words[1:]]
         self.base_url = f"http://{HOST}:{self.port}/v1"
         self.ready_timeout = ready_timeout
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -79,13 +82,18 @@ class ManagedServer:
         """Start the engine and wait until it serves; return its API root."""
         if self.log_path != Path(os.devnull):
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        failure = None
         with open(self.log_path, "ab") as log:
             try:
                 self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                                 stderr=subprocess.STDOUT, start_new_session=True,
                                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (see below)
             except OSError as exc:
-                raise TsrError(f"generate.serve_command: cannot start {self.argv[0]!r} ({exc.strerror})") from None
+                failure = exc.strerror
+        if failure is not None:
+            if self.log_path != Path(os.devnull):
+                self.log_path.unlink(missing_ok=True)  # ours, and empty: nothing ran to write to it
+            raise TsrError(f"generate.serve_command: cannot start {self.argv[0]!r} ({failure})")
         # Stop it when this object goes away or tsr exits, whichever comes first.
         self._finalizer = weakref.finalize(self, _stop, self.process)
         self._wait_ready()

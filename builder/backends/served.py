@@ -17,6 +17,7 @@ generation_config.json sets do_sample), and are refused with a one-line error na
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import threading
@@ -114,12 +115,15 @@ class ServedGenerator:
         dropped here rather than sent twice."""
         if not self._tokenizer_folder:
             return rendered  # rendered elsewhere (a caller with its own template): sent as given
+        bos = self._added_bos
+        return rendered[len(bos):] if bos and rendered.startswith(bos) else rendered
+
+    @functools.cached_property
+    def _added_bos(self) -> str | None:
+        """The beginning-of-sequence token the tokenizer puts in front of any text itself, if it does."""
         bos = self.tokenizer.bos_token
-        if bos and rendered.startswith(bos):
-            ids = self.tokenizer("x").input_ids
-            if ids and ids[0] == self.tokenizer.bos_token_id:
-                return rendered[len(bos):]
-        return rendered
+        ids = self.tokenizer("x").input_ids if bos else []
+        return bos if ids and ids[0] == self.tokenizer.bos_token_id else None
 
     def _result(self, request: GenRequest, response: Any) -> GenResult:
         try:

@@ -196,7 +196,7 @@ def generated_verdicts(generator: Generator, items: Sequence[tuple[str, str, str
     for batch in generator.generate(requests, sampling):
         for result in batch:
             score, _ = judging.parse_score(result.text)
-            verdicts[int(result.key)] = {1: 1.0, 2: 0.0}.get(score) if score is not None else None
+            verdicts[int(result.key)] = {1: 1.0, 2: 0.0}.get(score)  # None: no score, or not 1 or 2
     return verdicts
 
 
