@@ -62,7 +62,7 @@ class ServedGenerator:
             raise TsrError("the openai backend needs a server: generate.base_url or generate.serve_command")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.batch_size, self.max_in_flight = batch_size, max_in_flight
-        # The key is read from the environment at call time and never stored anywhere else.
+        # The key is read from the environment when the backend is made and held only in memory.
         self._client_args = {"base_url": self.base_url, "api_key": os.environ.get(api_key_env) or "none",
                              "timeout": timeout, "max_retries": max_retries}
         self._openai = openai
