@@ -118,7 +118,8 @@ def lora_config(cfg: Any):
     return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: Path, world: World = SINGLE):
+def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: Path, world: World = SINGLE,
+                   label: str = "train"):
     """Train, merge LoRA, and save model and tokenizer to `output`; returns TRL's TrainOutput.
 
     On several ranks every rank takes part in gathering the weights (ZeRO-3 and FSDP hold shards) and only the
@@ -129,6 +130,8 @@ def train_and_save(trainer, peft_config, model_folder: str, tokenizer, output: P
 
     trainer.remove_callback(PrinterCallback)  # metrics go to the run record, not one dict per step on stdout
     trainer.add_callback(_crash_point_callback())
+    if world.is_main:
+        trainer.add_callback(_progress_callback(label))
     _check_lora_fits(trainer, peft_config)
     result = trainer.train()
     dtype = stored_dtype(model_folder)
@@ -169,6 +172,30 @@ def _crash_point_callback():
             crash_point("train.step")
 
     return CrashPoints()
+
+
+def _progress_callback(label: str):
+    """Optimizer steps as stage progress (a bar on a terminal, a log line every 30 s elsewhere)."""
+    from transformers import TrainerCallback
+
+    from builder.progress import Progress
+
+    class StepProgress(TrainerCallback):
+        progress: Progress | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.progress = Progress(label, total=state.max_steps, unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.__exit__(None, None, None)
+                self.progress = None
+
+    return StepProgress()
 
 
 def run_entry_point(main: Callable[[], Any]) -> None:

@@ -164,7 +164,7 @@ def _fit(model_folder: str, dataset, cfg: TrainConfig, output: Path, world: Worl
     # Passing the folder (not a model object) makes TRL load the frozen reference from the same weights.
     trainer = DPOTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output, world)
+    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output, world, label="train DPO")
     return _final_metrics(trainer.state.log_history, result.training_loss, len(dataset))
 
 

@@ -187,7 +187,7 @@ def _fit(model_folder: str, dataset, cfg: SFTConfig, output: Path, world: World 
     peft_config = lora_config(cfg)
     trainer = SFTTrainer(model=model_folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
-    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output, world)
+    result = train_and_save(trainer, peft_config, model_folder, tokenizer, output, world, label="train SFT")
     steps = [h for h in trainer.state.log_history if "loss" in h]
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     return {

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from builder.backends import kv_reuse
 from builder.backends.base import (
     BackendMissing,
     GenRequest,
@@ -48,6 +49,7 @@ class HFGenerator:
         dtype: Any = None,
         batch_size: int = 8,
         trust_remote_code: bool = False,
+        reuse_cache: bool = True,
     ) -> None:
         try:
             import torch
@@ -73,7 +75,14 @@ class HFGenerator:
         self.eos_token_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         if not self.eos_token_ids:
             raise TsrError(f"{model_path}: no eos token in generation_config.json or the tokenizer")
-        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        forward_parameters = inspect.signature(self.model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward_parameters
+        # transformers 5 renamed past_key_values to cache
+        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
+        # Reuse of a shared prefix and of the last generation's rows (builder/backends/kv_reuse.py).
+        self.reuse_cache = reuse_cache
+        self._prefix = kv_reuse.PrefixCache()
+        self._rows = kv_reuse.RowCache()
 
     # -- Generator protocol -------------------------------------------------------------------------------------
 
@@ -81,6 +90,7 @@ class HFGenerator:
         return render_chat(self.tokenizer, messages, continuation)
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingSettings) -> Iterator[list[GenResult]]:
+        self._rows.clear()
         for start in range(0, len(requests), self.batch_size):
             yield self._generate_batch(requests[start : start + self.batch_size], sampling)
 
@@ -92,11 +102,11 @@ class HFGenerator:
         out: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             ids = [self._encode(text) + list(tokens.bridge) for text in texts[start : start + self.batch_size]]
-            extra = {"logits_to_keep": 1} if self._keeps_logits else {}
             with torch.inference_mode():
-                logits = self.model(**self._padded(ids), use_cache=False, **extra).logits[:, -1, :].float()
+                logits = self._last_logits(ids).float()
             # softmax over the six digit logits == the full softmax renormalized over the six digits
             out.extend(torch.softmax(logits[:, digits], dim=-1).tolist())
+        self._rows.clear()
         return out
 
     # -- extras for the trainer and the stats -------------------------------------------------------------------
@@ -130,24 +140,62 @@ class HFGenerator:
         # one), as apply_chat_template(tokenize=True) would: add none here.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _padded(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Left-padded input_ids, attention_mask and the position_ids a plain forward needs to skip the padding."""
+    def _padded(self, ids: list[list[int]], shared: int = 0) -> dict[str, torch.Tensor]:
+        """Padded input_ids, attention_mask and the position_ids a plain forward needs to skip the padding.
+
+        Rows are left-padded; with `shared`, the first `shared` tokens (the same in every row) stay in front and
+        the padding goes between them and each row's own tokens, so a cache of the shared prefix lines up.
+        """
         import torch
 
-        width = max(1, max(len(row) for row in ids))
+        width = max(1, max(len(row) - shared for row in ids))
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=self.device)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=self.device)
+        input_ids = torch.tensor([row[:shared] + [pad] * (width - len(row) + shared) + row[shared:] for row in ids],
+                                 device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(row) + shared) + [1] * (len(row) - shared)
+                             for row in ids], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+
+    def _last_logits(self, ids: list[list[int]]) -> torch.Tensor:
+        """Logits after each row's last token, forwarding only what no kept cache holds."""
+        import torch
+
+        extra = {"logits_to_keep": 1} if self._keeps_logits else {}
+        reused = self._reusable(ids) if self.reuse_cache else None
+        if reused is None:
+            return self.model(**self._padded(ids), use_cache=False, **extra).logits[:, -1, :]
+        layers, cached_mask, held = reused
+        new = self._padded([row[n:] for row, n in zip(ids, held)])
+        mask = torch.cat([cached_mask.to(new["attention_mask"].dtype), new["attention_mask"]], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached_mask.shape[1]:]
+        output = self.model(input_ids=new["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{self._cache_argument: kv_reuse.make_cache(layers)}, **extra)
+        return output.logits[:, -1, :]
+
+    def _reusable(self, ids: list[list[int]]) -> tuple[kv_reuse.Layers, torch.Tensor, list[int]] | None:
+        """A kept cache that holds the start of every row: the last generation's rows, else a shared prefix."""
+        import torch
+
+        found = self._rows.extend(ids)
+        if found is not None:
+            return found
+        shared, prefix = self._prefix.shared(self.model, ids)
+        if prefix is None:
+            return None
+        mask = torch.ones(len(ids), shared, dtype=torch.long, device=self.device)
+        return kv_reuse.expand(prefix, len(ids)), mask, [shared] * len(ids)
 
     def _generate_batch(self, batch: Sequence[GenRequest], sampling: SamplingSettings) -> list[GenResult]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
         ids = [self._encode(self.render(request.messages)) for request in batch]
-        inputs = self._padded(ids)
-        inputs.pop("position_ids")  # generate derives them from the attention mask
+        shared, prefix = self._prefix.shared(self.model, ids) if self.reuse_cache else (0, None)
+        inputs = self._padded(ids, shared)
+        inputs.pop("position_ids")  # generate derives them from the attention mask (the gap included)
+        if prefix is not None:
+            inputs[self._cache_argument] = kv_reuse.make_cache(kv_reuse.expand(prefix, len(batch)))
         # An explicit config, so the folder's generation_config.json (its temperature, repetition penalty, ...)
         # cannot change what the sampling settings mean; only its eos ids are kept.
         config = GenerationConfig(
@@ -158,8 +206,16 @@ class HFGenerator:
         if sampling.temperature > 0:
             processors.append(seeded_sampler([r.seed for r in batch], sampling.temperature, sampling.top_p))
         with torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=config, logits_processor=processors)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+            output = self.model.generate(**inputs, generation_config=config, logits_processor=processors,
+                                         return_dict_in_generate=True)
+        width = inputs["input_ids"].shape[1]
+        new_tokens = output.sequences[:, width:].tolist()
+        if self.reuse_cache:
+            cache = output.cache if hasattr(output, "cache") else output.past_key_values
+            generated = torch.ones(len(batch), len(new_tokens[0]), dtype=inputs["attention_mask"].dtype,
+                                   device=self.device)
+            self._rows.keep(cache, torch.cat([inputs["attention_mask"], generated], dim=1),
+                            [prompt + tokens for prompt, tokens in zip(ids, new_tokens)])
         eos = set(self.eos_token_ids)
         results = []
         for request, prompt, tokens in zip(batch, ids, new_tokens):
