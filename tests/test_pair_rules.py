@@ -367,3 +367,97 @@ def test_matches_a_plain_python_reference_on_random_prompts() -> None:
             continue  # a prompt with no rows is not in the input at all
         got = {phase: ends(pair_of(builds[phase], pid)) for phase in PHASES}
         assert got == _reference(pools), (pid, pools)
+
+
+# --- against the builders these replaced ---------------------------------------------------------------------------
+
+# Prompt ids of every shape the fast paths care about: short ones, ones of 16+ bytes (sorted by their first 16 bytes),
+# long ones sharing those 16 bytes (so the plain string sort must take over), and non-ASCII ones.
+_ID_SHAPES = ("p{n}", "{n:020x}", "0123456789abcdef-{n}", "prompt-é-{n}", "préfixe-€-{n:012d}")
+
+
+def random_scored(seed: int) -> pl.DataFrame:
+    """A random scored frame: random K, pools present or absent, null and NaN scores, small integer scores (heavy
+    ties) or floats (with -0.0, negatives and infinities), prompts only in the past or the future, stored (K..2K-1)
+    or pool-local past indices, missing samples, rows in random order."""
+    import random
+
+    rng = random.Random(seed)
+    k = rng.randint(1, 6)
+    past_offset = rng.choice([0, k])
+    pools = [pool for pool in SNAPSHOTS if rng.random() < 0.85] or ["current"]
+    if rng.random() < 0.5:
+        values: list[float | None] = [None, float("nan"), 0, 1, 2, 3]
+    else:
+        values = [None, float("nan"), -0.0, 0.0, -1.5, 0.25, 2.5, 2.5000001, 4.75, float("inf"), float("-inf")]
+    shape = rng.choice(_ID_SHAPES)
+    rows = []
+    for n in range(rng.randint(0, 30)):
+        prompt = shape.format(n=n * 7919)
+        present = [pool for pool in pools if rng.random() < 0.8]
+        for pool in present:
+            offset = past_offset if pool == "past" else 0
+            for index in rng.sample(range(k), rng.randint(0, k)):
+                rows.append((prompt, pool, index + offset, f"{prompt}/{pool}/{index + offset}", SNAPSHOTS[pool],
+                             rng.choice(values)))
+    rng.shuffle(rows)
+    return pl.DataFrame(rows, schema={"prompt_id": pl.String, "pool": pl.String, "sample_index": pl.Int32,
+                                      "generation_id": pl.String, "snapshot_id": pl.String, "score": pl.Float64},
+                        orient="row")
+
+
+def assert_same_as_reference(scored: pl.DataFrame) -> None:
+    from polars.testing import assert_frame_equal
+
+    from tests import pair_rules_reference as reference
+
+    new_d1, old_d1 = build_d1(scored), reference.build_d1(scored)
+    builds = {"sr": (build_sr(scored), reference.build_sr(scored)), "d1": (new_d1, old_d1),
+              "d2": (build_d2(scored, new_d1), reference.build_d2(scored, old_d1))}
+    for phase, (new, old) in builds.items():
+        for part in ("pairs", "dropped"):
+            try:
+                assert_frame_equal(getattr(new, part), getattr(old, part))
+            except AssertionError as error:
+                raise AssertionError(f"{phase} {part}: {error}") from None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_the_reference_builders_on_random_frames(seed: int) -> None:
+    assert_same_as_reference(random_scored(seed))
+
+
+def test_a_hash_collision_falls_back_to_the_prompt_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A group key under which most prompts collide: the check must notice, and the pass on the strings must give
+    # the reference's result.
+    import builder.stages.pair_rules as rules
+
+    monkeypatch.setattr(rules, "_prompt_key", lambda: pl.col("prompt_id").str.len_bytes().cast(pl.UInt64))
+    for seed in range(8):
+        assert_same_as_reference(random_scored(seed))
+    with pytest.raises(ValueError, match="2 rows share a"):
+        build_d1(pl.concat([scored_rows("a", current=[1, 2]), scored_rows("b", current=[3]),
+                            scored_rows("a", current=[5])]))
+
+
+def test_wide_sample_indices_are_checked_the_slow_way() -> None:
+    # Indices spread over more than 64 values do not fit the duplicate check's bit mask.
+    scored = scored_rows(current=[1, 2], past=[0, 3], past_offset=100)
+    assert ends(pair_of(build_d1(scored), "p")) == (("current", 1), ("past", 100))
+    assert_same_as_reference(scored)
+    with pytest.raises(ValueError, match="2 rows share a"):
+        build_d1(pl.concat([scored, scored.tail(1)]))
+
+
+def test_signed_zeros_are_equal_scores() -> None:
+    # -0.0 == 0.0, so between them the lowest index wins, in a pool and across pools (the incumbent stays).
+    scored = pl.concat([
+        scored_rows("a", current=[1, 0.0, -0.0], past=[-0.0], future=[-0.0, 0.0]),
+        scored_rows("b", current=[1, -0.0, 0.0], past=[0.0]),
+        scored_rows("c", current=[-0.0, 0.0], future=[0.0, 1]),
+    ])
+    builds = build_all(scored)
+    assert ends(pair_of(builds["sr"], "a")) == (("current", 0), ("current", 1))
+    assert ends(pair_of(builds["d1"], "b")) == (("current", 0), ("current", 1))
+    assert ends(pair_of(builds["d2"], "c")) == (("future", 1), ("current", 0))
+    assert_same_as_reference(scored)

@@ -122,7 +122,7 @@ BAD_SETTINGS = [
     ("train: {warmup_ratio: 1.5}", "train.warmup_ratio must be in [0, 1), got 1.5"),
     ("train: {lora_r: -1}", "train.lora_r must be at least 0"),
     ("train: {seed: abc}", "train.seed must be an integer"),
-    ("train: {bf16: maybe}", "train.bf16 must be one of auto, true, false, got 'maybe'"),
+    ("train: {bf16: maybe}", "train.bf16 must be one of auto, true, false, mixed, got 'maybe'"),
     ("train: {gradient_checkpointing: sometimes}", "train.gradient_checkpointing must be true or false"),
     ("train: {gradient_checkpointing: 1}", "train.gradient_checkpointing must be true or false, got 1"),
     # sft

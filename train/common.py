@@ -60,9 +60,14 @@ def rounded(value) -> float | None:
 
 
 def use_bf16(cfg: Any) -> bool:
-    """bf16 where it trains: CUDA with bf16 support ("auto"), or wherever the user insists ("true")."""
+    """bf16 where it trains: CUDA with bf16 support ("auto"), or wherever the user insists ("true"); with "mixed",
+    where the device computes bf16 natively (then as autocast over fp32 weights, see trainer_arguments)."""
     import torch
 
+    if cfg.bf16 == "mixed":
+        from builder.backends.hf import cpu_has_native_bf16
+
+        return bool(torch.cuda.is_bf16_supported()) if torch.cuda.is_available() else cpu_has_native_bf16()
     if cfg.bf16 == "auto":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return cfg.bf16 == "true"
@@ -94,7 +99,9 @@ def trainer_arguments(config_class: type, cfg: Any, output: Path) -> dict[str, A
         "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
-        "model_init_kwargs": {"dtype": torch.bfloat16 if bf16 else torch.float32},
+        # "mixed" keeps fp32 master weights and lets autocast run the matrix products in bf16: on a CPU with
+        # native bf16 a DPO step takes about half the time of fp32, while the optimizer still sees fp32 updates.
+        "model_init_kwargs": {"dtype": torch.bfloat16 if bf16 and cfg.bf16 != "mixed" else torch.float32},
         # Without it accelerate sees no accelerator and leaves each CPU rank training alone (gloo needs it).
         "use_cpu": not torch.cuda.is_available(),
     }

@@ -251,6 +251,39 @@ def _compare(ours_csv: Path, theirs_csv: Path) -> float:
     return worst
 
 
+def measure(pairs: int = 1_000_000, rounds: int = 3, keep: Path | None = None) -> list[dict]:
+    """`tsr stats` (cold and warm, its own process) against polars and pandas doing the same figures."""
+    import importlib.util
+
+    with tempfile.TemporaryDirectory(prefix="tsr-bench-stats-") as scratch:
+        root = keep or Path(scratch) / "store"
+        started = time.perf_counter()
+        info = build_store(root, pairs)
+        print(f"synthetic store {root}: {info['pairs']:,} pairs in {info['versions']} pair versions, "
+              f"{info['generations']:,} generations, {info['bytes'] / 1e6:.0f} MB of Parquet, built in "
+              f"{time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs", flush=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        tsr = [sys.executable, "-m", "builder", "--data", str(root), "stats"]
+        ours_csv, agree = Path(scratch) / "tsr.csv", {}
+        cold, _ = _timed([*tsr, "--format", "csv", "--out", str(ours_csv)], env)
+        warm = [_timed(tsr, env)[0] for _ in range(rounds)]
+        alt = {}
+        for name in [n for n in ("polars", "pandas") if importlib.util.find_spec(n) is not None]:
+            out = Path(scratch) / f"{name}.csv"
+            command = [sys.executable, "-m", "builder.bench.stats", "--alternative", name, "--data", str(root),
+                       "--out", str(out)]
+            alt[name] = min(_timed(command, env)[0] for _ in range(rounds))
+            agree[name] = _compare(ours_csv, out)
+    best = min(warm)
+    print(f"tsr stats cold {cold:.2f}s, warm best of {rounds} {best:.2f}s (median {statistics.median(warm):.2f}s)")
+    return [{
+        "what": f"tsr stats over {info['pairs']:,} pairs (warm; cold {cold:.2f} s)",
+        "tsr": f"{best:.2f} s", "alternative": f"{name} load + compute, same figures",
+        "baseline": f"{seconds:.2f} s (agree to {agree[name]:.1e})", "ratio": seconds / best,
+        "limit": "<= 5 s", "ok": max(cold, best) < 5 and agree[name] < 1e-6,
+    } for name, seconds in alt.items()]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=1_000_000)
@@ -265,41 +298,9 @@ def main(argv: list[str] | None = None) -> None:
         frame = (alternative_polars if args.alternative == "polars" else alternative_pandas)(args.data)
         frame.write_csv(args.out) if args.alternative == "polars" else frame.to_csv(args.out, index=False)
         return
+    from builder.bench.table import Row, render
 
-    with tempfile.TemporaryDirectory(prefix="tsr-bench-stats-") as scratch:
-        root = args.keep or Path(scratch) / "store"
-        started = time.perf_counter()
-        info = build_store(root, args.pairs)
-        print(f"synthetic store {root}: {info['pairs']:,} pairs in {info['versions']} pair versions, "
-              f"{info['generations']:,} generations, {info['bytes'] / 1e6:.0f} MB of Parquet, built in "
-              f"{time.perf_counter() - started:.1f}s; {os.cpu_count()} CPUs")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        tsr = [sys.executable, "-m", "builder", "--data", str(root), "stats"]
-        ours_csv, theirs = Path(scratch) / "tsr.csv", {}
-        cold, _ = _timed([*tsr, "--format", "csv", "--out", str(ours_csv)], env)
-        warm, table = [], ""
-        for _ in range(args.rounds):
-            seconds, table = _timed(tsr, env)
-            warm.append(seconds)
-        alt = {}
-        import importlib.util
-
-        for name in [n for n in ("polars", "pandas") if importlib.util.find_spec(n) is not None]:
-            out = Path(scratch) / f"{name}.csv"
-            command = [sys.executable, "-m", "builder.bench.stats", "--alternative", name, "--data", str(root),
-                       "--out", str(out)]
-            alt[name] = [_timed(command, env)[0] for _ in range(args.rounds)]
-            theirs[name] = _compare(ours_csv, out)
-        print(table, end="")
-        best = min(warm)
-        print(f"tsr stats, cold (checksums every file first)  {cold:6.2f}s")
-        print(f"tsr stats, warm, best of {args.rounds} (median {statistics.median(warm):.2f}s)  {best:6.2f}s")
-        for name, times in alt.items():
-            print(f"{name} load + compute in Python, best of {args.rounds}       {min(times):6.2f}s   "
-                  f"ratio {min(times) / best:4.1f}x tsr stats (warm), {min(times) / cold:4.1f}x (cold); "
-                  f"figures agree to {theirs[name]:.1e}")
-        verdict = "under" if max(cold, best) < 5 else "NOT under"
-        print(f"target: tsr stats over {info['pairs']:,} pairs {verdict} 5 s (cold {cold:.2f}s, warm {best:.2f}s)")
+    print(render([Row(**row) for row in measure(args.pairs, args.rounds, args.keep)]))
 
 
 if __name__ == "__main__":
