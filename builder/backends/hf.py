@@ -201,13 +201,13 @@ class HFGenerator:
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=False, num_beams=1,
             eos_token_id=list(self.eos_token_ids), pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,  # the cache comes back for the forced scores (kv_reuse.RowCache)
         )
         processors = LogitsProcessorList()
         if sampling.temperature > 0:
             processors.append(seeded_sampler([r.seed for r in batch], sampling.temperature, sampling.top_p))
         with torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=config, logits_processor=processors,
-                                         return_dict_in_generate=True)
+            output = self.model.generate(**inputs, generation_config=config, logits_processor=processors)
         width = inputs["input_ids"].shape[1]
         new_tokens = output.sequences[:, width:].tolist()
         if self.reuse_cache:
