@@ -196,10 +196,10 @@ def test_named_queries_over_a_loop_store(tsr, tiny_model, profile, data_root):
     tsr("pairs", "--iter", "1", "--method", "tsr", "--m0", "tiny", "--profile", profile)
     listed = tsr("sql", "--list").output
     assert {"pair_counts", "judge_scoring", "lineage"} <= {line.split()[0] for line in listed.splitlines()}
-    counts = pl.read_csv(tsr("sql", "--query", "pair_counts", "--format", "csv").output.encode())
+    counts = pl.read_csv(tsr("sql", "--query", "pair_counts", "--format", "csv").stdout.encode())
     pairs = frame(Store.open(data_root), "pairs")
     assert counts["pairs"].sum() == pairs.height and set(counts["phase"]) == {"d1", "d2"}
-    scoring = pl.read_csv(tsr("sql", "--query", "judge_scoring", "--format", "csv").output.encode())
+    scoring = pl.read_csv(tsr("sql", "--query", "judge_scoring", "--format", "csv").stdout.encode())
     assert scoring["judgments"].sum() == frame(Store.open(data_root), "judgments").height
-    lineage = pl.read_csv(tsr("sql", "--query", "lineage", "--format", "csv").output.encode())
+    lineage = pl.read_csv(tsr("sql", "--query", "lineage", "--format", "csv").stdout.encode())
     assert lineage.height == 2 and lineage.filter(pl.col("role") == "future")["seconds"].is_not_null().all()

@@ -159,7 +159,8 @@ def test_diagnostics_on_a_loop_store(tsr, data_root, tmp_path):
     store = Store.open(data_root)
     judged = pl.from_arrow(store.read("judgments")).height
 
-    out = tsr("stats", "--snapshot", "tiny", "--judge", "tiny", "--profile", str(profile), "--format", "csv").output
+    # the data is stdout; the stages' progress lines go to stderr, which click's `output` interleaves
+    out = tsr("stats", "--snapshot", "tiny", "--judge", "tiny", "--profile", str(profile), "--format", "csv").stdout
     frame = pl.read_csv(out.encode())
     assert frame["phase"].to_list() == ["d1", "d2"] and frame["pairs"].sum() > 0
     # M0 judged iteration 1 with these very settings, so rescoring by it reuses every judgment: same gap

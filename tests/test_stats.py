@@ -191,8 +191,8 @@ def test_pair_stats_filters_by_method_and_iteration(store):
 
 
 def test_named_query_is_what_stats_runs(tsr, store):
-    via_sql = pl.read_csv(tsr("sql", "--query", "pair_stats", "--format", "csv").output.encode())
-    via_stats = pl.read_csv(tsr("stats", "--format", "csv").output.encode())
+    via_sql = pl.read_csv(tsr("sql", "--query", "pair_stats", "--format", "csv").stdout.encode())
+    via_stats = pl.read_csv(tsr("stats", "--format", "csv").stdout.encode())
     assert via_sql.equals(via_stats)
     assert via_sql.columns[:5] == ["method", "iteration", "phase", "prompts", "pairs_kept"]
     listed = {line.split()[0] for line in tsr("sql", "--list").output.splitlines()}
@@ -201,12 +201,12 @@ def test_named_query_is_what_stats_runs(tsr, store):
 
 
 def test_stats_formats(tsr, store, tmp_path):
-    lines = tsr("stats", "--format", "json", "--method", "tsr").output.splitlines()
+    lines = tsr("stats", "--format", "json", "--method", "tsr").stdout.splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["pair_version"] for r in rows] == ["tsrd1", "tsrd2"]
     assert_row(rows[0], EXPECTED_STATS["tsrd1"])
 
-    markdown = tsr("stats", "--format", "markdown", "--iter", "1").output.splitlines()
+    markdown = tsr("stats", "--format", "markdown", "--iter", "1").stdout.splitlines()
     assert markdown[0].startswith("| method | iteration | phase | prompts | pairs_kept |")
     assert set(markdown[1]) <= {"|", "-"} and len(markdown) == 2 + 3
     assert "| sr | 1 | sr | 4 | 2 | 1 | 1 | 2 | 3 | 8 | 4.300 | 4.300 | 2.000 |" in markdown[2]
@@ -228,7 +228,7 @@ def test_stats_on_an_empty_store_and_bad_input(tsr, data_root):
     assert result.output.startswith("Error: no store at") and len(result.output.splitlines()) == 1
     Store.init(data_root)
     assert "(no pair versions in the store)" in tsr("stats").output
-    assert tsr("stats", "--format", "csv").output.startswith("method,iteration,phase,prompts")
+    assert tsr("stats", "--format", "csv").stdout.startswith("method,iteration,phase,prompts")
     bad = tsr("stats", "--snapshot", "nope", expect=1)
     assert bad.output.startswith("Error: no snapshot 'nope'")
 
@@ -299,7 +299,7 @@ def test_similarity_is_computed_once_and_cached(store):
 
 def test_diagnostics_cli_reuses_cached_embeddings(tsr, store):
     embed_all(store)
-    out = tsr("stats", "--snapshot", "m0", "--format", "csv").output
+    out = tsr("stats", "--snapshot", "m0", "--format", "csv").stdout
     frame = pl.read_csv(out.encode())
     assert frame.columns == ["method", "iteration", "phase", "final", "pairs", "mean_gap", "embedded_pairs",
                              "similarity", "pair_version", "judge_id", "created_at"]
