@@ -23,8 +23,8 @@ from builder.errors import TsrError
 from builder.snapshot import Snapshot
 from builder.stages import pair_rules
 from builder.stages.base import Executor
-from builder.stages.generate import GenerationSet, generate
-from builder.stages.judge import JudgmentSet, judge
+from builder.stages.generate import GenerationSet, SampleRequest, generate_together
+from builder.stages.judge import JudgmentSet, judge_together
 from builder.stages.pairs import Pool, materialize, scored_frame
 from builder.stages.prompts import prompt_chunk
 from builder.stages.ray_executor import executor_for
@@ -73,6 +73,7 @@ class Loop:
         self.seconds: dict[str, float] = defaultdict(float)
         self.work: dict[str, int] = {"generated": 0, "judged": 0, "trained": 0}  # what was computed, not reused
         self.results: dict[int, IterationResult] = {}
+        self.horizon = 0  # the last iteration this run builds (the one first asked for)
         self._policies: dict[int, Snapshot] = {0: m0}
         self._loaded: tuple[str, Generator] | None = None
 
@@ -127,27 +128,31 @@ class Loop:
     def prompts(self, n: int) -> pl.DataFrame:
         return prompt_chunk(self.store, self.prompt_set, n, self.profile.loop.prompts_per_iteration)
 
-    def _generate(self, snapshot: Snapshot, prompts: pl.DataFrame, indices: range, label: str) -> GenerationSet:
+    def _generate(self, snapshot: Snapshot, *requests: tuple[int, range, str]) -> list[GenerationSet]:
+        """Samples of `snapshot` for each (iteration, sample indices, label), drawn in shared batches."""
         started = time.monotonic()
-        result = generate(self.store, snapshot_id=snapshot.snapshot_id, prompts=prompts, prompt_set=self.prompt_set,
-                          sample_indices=list(indices), cfg=self.profile.generate,
-                          load_generator=self.generator_for(snapshot), spec=self.spec_for(snapshot),
-                          executor=self.executor, label=label)
+        results = generate_together(
+            self.store, snapshot_id=snapshot.snapshot_id, cfg=self.profile.generate,
+            requests=[SampleRequest(self.prompts(n), self.prompt_set, list(indices), label)
+                      for n, indices, label in requests],
+            load_generator=self.generator_for(snapshot), spec=self.spec_for(snapshot), executor=self.executor)
         self.seconds["generate"] += time.monotonic() - started
-        self.work["generated"] += result.generated
-        return result
+        self.work["generated"] += sum(result.generated for result in results)
+        return results
 
-    def _judge(self, judge_snapshot: Snapshot, generations: GenerationSet, label: str) -> JudgmentSet:
+    def _judge(self, judge_snapshot: Snapshot, *pools: tuple[GenerationSet, str]) -> list[JudgmentSet]:
+        """Judgments by `judge_snapshot` of each (generations, label), computed in shared batches."""
         started = time.monotonic()
         reward = judge_snapshot.role == "reward"
         spec = self.spec_for(judge_snapshot)
         loader = (lambda: spec().load()) if reward else self.generator_for(judge_snapshot)
-        result = judge(self.store, judge_id=judge_snapshot.snapshot_id, generation_ids=generations.generation_ids,
-                       cfg=self.profile.judge, load_generator=loader, spec=spec, executor=self.executor,
-                       reward=reward, label=label)
+        results = judge_together(self.store, judge_id=judge_snapshot.snapshot_id,
+                                 generation_sets=[generations.generation_ids for generations, _ in pools],
+                                 labels=[label for _, label in pools], cfg=self.profile.judge, load_generator=loader,
+                                 spec=spec, executor=self.executor, reward=reward)
         self.seconds["judge"] += time.monotonic() - started
-        self.work["judged"] += result.judged
-        return result
+        self.work["judged"] += sum(result.judged for result in results)
+        return results
 
     def _pairs(self, build: pair_rules.PairBuild, scored: pl.DataFrame, n: int, phase: str, policy: Snapshot,
                judge_id: str, parents: list[str]) -> str:
@@ -162,17 +167,17 @@ class Loop:
             return self.results[n]
         if n < 1:
             raise TsrError(f"iterations count from 1, got {n}")
+        self.horizon = max(self.horizon, n)
         policy = self.policy(n - 1)
         judge_snapshot = self.fixed_judge or policy  # self-judging unless a fixed judge is given
-        prompts = self.prompts(n)
         gen_cfg = self.profile.generate
         k = gen_cfg.k
         tag = f"iter {n}"
 
         if self.method == "sr":
             k = self.profile.loop.sr_k or k
-            current = self._generate(policy, prompts, range(k), f"{tag} M_i")
-            judged = self._judge(judge_snapshot, current, f"{tag} judge M_i")
+            (current,) = self._generate(policy, (n, range(k), f"{tag} M_i"))
+            (judged,) = self._judge(judge_snapshot, (current, f"{tag} judge M_i"))
             scored = scored_frame(self.store, [Pool("current", judged.judgment_ids)])
             build = pair_rules.build_sr(scored)
             version = self._pairs(build, scored, n, "sr", policy, judge_snapshot.snapshot_id,
@@ -181,11 +186,17 @@ class Loop:
             self.results[n] = result
             return result
 
-        # Phase 1: anchored rejection. The past pool is always M0's sample indices K..2K-1 (SPEC.md).
-        current = self._generate(policy, prompts, range(k), f"{tag} M_i")
-        past = self._generate(self.m0, prompts, range(k, 2 * k), f"{tag} M0")
-        judged_current = self._judge(judge_snapshot, current, f"{tag} judge M_i")
-        judged_past = self._judge(judge_snapshot, past, f"{tag} judge M0")
+        # Phase 1: anchored rejection. The past pool is always M0's sample indices K..2K-1 (SPEC.md). While M0 is
+        # loaded it also draws the past pools of the iterations still to come in this run (they depend on nothing
+        # else), and at iteration 1, where M_i is M0, the current pool too: one pass over M0 instead of several.
+        past_pools = [(m, range(k, 2 * k), f"iter {m} M0") for m in range(n, self.horizon + 1)]
+        if policy.snapshot_id == self.m0.snapshot_id:
+            current, past, *_ = self._generate(policy, (n, range(k), f"{tag} M_i"), *past_pools)
+        else:
+            (current,) = self._generate(policy, (n, range(k), f"{tag} M_i"))
+            past, *_ = self._generate(self.m0, *past_pools)
+        judged_current, judged_past = self._judge(judge_snapshot, (current, f"{tag} judge M_i"),
+                                                  (past, f"{tag} judge M0"))
         pools = [Pool("current", judged_current.judgment_ids), Pool("past", judged_past.judgment_ids)]
         scored1 = scored_frame(self.store, pools)
         d1 = pair_rules.build_d1(scored1)
@@ -206,8 +217,8 @@ class Loop:
         future = trained.snapshot
         self.seconds["train"] += time.monotonic() - started
         self.work["trained"] += int(trained.trained)
-        generated_future = self._generate(future, prompts, range(k), f"{tag} M_f")
-        judged_future = self._judge(judge_snapshot, generated_future, f"{tag} judge M_f")
+        (generated_future,) = self._generate(future, (n, range(k), f"{tag} M_f"))
+        (judged_future,) = self._judge(judge_snapshot, (generated_future, f"{tag} judge M_f"))
         scored2 = scored_frame(self.store, [*pools, Pool("future", judged_future.judgment_ids)])
         d2 = pair_rules.build_d2(scored2, d1)
         d2_version = self._pairs(d2, scored2, n, "d2", policy, judge_snapshot.snapshot_id,

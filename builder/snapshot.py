@@ -543,12 +543,13 @@ def add_default(store: Store) -> Snapshot:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    from builder import gguf_once
     from builder.progress import quiet_libraries
 
     quiet_libraries()
     folder, gguf_file = default_gguf()
     # transformers' GGUF reader draws a plain tqdm bar per tensor on stderr; errors still raise.
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stderr(io.StringIO()), gguf_once.read_once():
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         # Without dequantize=True the model stays marked quantized and can be neither saved nor trained.
         model = AutoModelForCausalLM.from_pretrained(

@@ -124,3 +124,32 @@ def test_rows_without_a_shared_prefix_take_the_plain_path(pair, forwarded):
              GenRequest("b", [{"role": "user", "content": "Why?"}], 2)]
     assert texts_of(reusing, batch) == texts_of(plain, batch)
     assert reusing._prefix._ids == ()
+
+
+def test_growing_layer_holds_what_a_dynamic_layer_holds():
+    """Appends into spare room, doubling it: the same keys and values as transformers' concatenating layer, through
+    a prefill, decode steps, a crop and a batch selection (which DynamicLayer does on the views)."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    growing, plain = kv_reuse.growing_layer_class()(), DynamicLayer()
+    generator = torch.Generator().manual_seed(0)
+
+    def step(tokens: int, batch: int = 3):
+        keys, values = (torch.randn(batch, 2, tokens, 4, generator=generator) for _ in range(2))
+        got, want = growing.update(keys, values), plain.update(keys, values)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+    step(40)  # a prefill: room for 2 x 40
+    rooms = {growing._key_room.data_ptr()}
+    for _ in range(45):  # decode steps: the room is reused until it is full (80), then doubled once
+        step(1)
+        rooms.add(growing._key_room.data_ptr())
+    assert len(rooms) == 2 and growing._key_room.shape[-2] == 2 * 81
+    growing.crop(-5), plain.crop(-5)
+    step(2)
+    index = torch.tensor([2, 0])
+    growing.batch_select_indices(index), plain.batch_select_indices(index)
+    step(1, batch=2)
+    assert growing.get_seq_length() == plain.get_seq_length() == 83

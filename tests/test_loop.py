@@ -76,6 +76,17 @@ def test_tsr_iteration_2_end_to_end(tsr, tiny_model, profile, data_root):
     for future in futures:
         assert indices[future.snapshot_id] == ([0, 1], 6)
 
+    # One pass over M0 at iteration 1: the current pool and the past pools of iterations 1 and 2, each its own
+    # version; iteration 2 found its past pool materialized. Each iteration's two pools are judged in one pass.
+    m0_sets = {m.version for m in store.manifests(table="generations") if m.data.get("snapshot_id") == m0.snapshot_id}
+    assert len(m0_sets) == 3
+    for manifest in store.manifests(table="generations"):
+        if manifest.version in m0_sets:
+            assert set(manifest.stats["batched_with"]) == m0_sets - {manifest.version}
+    judged_together = [m for m in store.manifests(table="judgments") if "batched_with" in m.stats]
+    assert len(judged_together) == 4 and {m.data.get("snapshot_id") for m in judged_together} == {
+        m0.snapshot_id, m1.snapshot_id}
+
     judgments = frame(store, "judgments")
     assert judgments["judgment_id"].is_unique().all() and judgments.height == generations.height
     judged = judgments.join(generations, on="generation_id")

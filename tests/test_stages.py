@@ -132,3 +132,118 @@ def test_reward_model_judges_with_raw_rewards(tsr, tiny_model, profile, tmp_path
     rows = pl.from_arrow(Store.open(data_root).read("judgments"))
     assert rows.height == 12 and set(rows["mode"]) == {"reward"} and set(rows["scored_by"]) == {"reward"}
     assert rows["score"].null_count() == 0 and rows["score"].n_unique() > 1
+
+
+def _counting_loader(folder, batch_size, calls):
+    """The tiny model's hf generator, counting the requests of every `generate` call."""
+    from builder.backends.hf import HFGenerator
+
+    def load():
+        generator = HFGenerator(str(folder), batch_size=batch_size)
+        generate = generator.generate
+
+        def counted(requests, sampling):
+            calls.append(len(requests))
+            return generate(requests, sampling)
+
+        generator.generate = counted
+        return generator
+
+    return load
+
+
+def _store_with_prompts(tsr, root, tiny_model, tmp_path):
+    """A store holding the tiny model and 8 prompts in 2 chunks; returns (store, snapshot, prompt-set version)."""
+    from builder.snapshot import get_snapshot
+
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(f'{{"prompt": "Question number {i}?"}}\n' for i in range(8)))
+    tsr("--data", str(root), "models", "add", str(tiny_model), "--name", "tiny", "--role", "m0")
+    tsr("--data", str(root), "prompts", "import", str(prompts_file), "--chunks", "2")
+    store = Store.open(root)
+    (prompt_set,) = store.manifests(table="prompts")
+    return store, get_snapshot(store, "tiny"), prompt_set.version
+
+
+def test_plans_of_one_model_share_batches_and_keep_their_own_versions(tsr, tiny_model, tmp_path):
+    """generate_together and judge_together: one pass for every request, and each request's version, ids and rows
+    exactly those it gets alone; a failure mid-pass loses no finished batch."""
+    from builder.config import load_profile
+    from builder.stages.generate import SampleRequest, generate, generate_together
+    from builder.stages.judge import judge, judge_together
+    from builder.stages.prompts import prompt_chunk
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(PROFILE.replace("batch_size: 2", "batch_size: 24").replace("batch_size: 4}", "batch_size: 16}"))
+    settings = load_profile(str(profile))
+    results = {}
+    for name in ("together", "alone"):
+        store, snapshot, prompt_set = _store_with_prompts(tsr, tmp_path / name, tiny_model, tmp_path)
+        with store.writing():
+            chunks = [prompt_chunk(store, prompt_set, n, 4) for n in (1, 2)]
+            requests = [SampleRequest(chunks[0], prompt_set, [0, 1], "current"),
+                        SampleRequest(chunks[0], prompt_set, [2, 3], "past 1"),
+                        SampleRequest(chunks[1], prompt_set, [2, 3], "past 2")]
+            calls: list[int] = []
+            load = _counting_loader(tiny_model, 24, calls)
+            common = {"snapshot_id": snapshot.snapshot_id, "cfg": settings.generate, "load_generator": load}
+            if name == "together":
+                sets = generate_together(store, requests=requests, **common)
+                assert calls == [24]  # 3 requests x 4 prompts x 2 samples, one batch
+                judged = judge_together(store, judge_id=snapshot.snapshot_id, cfg=settings.judge,
+                                        generation_sets=[s.generation_ids for s in sets[:2]],
+                                        labels=["judge current", "judge past"], load_generator=load)
+                assert calls[1:] == [16]  # both pools in one batch of judgments
+            else:
+                sets = [generate(store, prompts=r.prompts, prompt_set=r.prompt_set, sample_indices=r.sample_indices,
+                                 **common) for r in requests]
+                assert calls == [8, 8, 8]
+                judged = [judge(store, judge_id=snapshot.snapshot_id, cfg=settings.judge, generation_ids=s.generation_ids,
+                                load_generator=load) for s in sets[:2]]
+        results[name] = (sets, judged, store)
+    (sets, judged, together), (sets_alone, judged_alone, alone) = results["together"], results["alone"]
+    assert [s.version for s in sets] == [s.version for s in sets_alone]
+    assert [j.version for j in judged] == [j.version for j in judged_alone]
+    assert _texts(together.root) == _texts(alone.root)
+    batched = {m.version: m.stats.get("batched_with") for m in together.manifests(table="generations")}
+    assert batched[sets[0].version] == [sets[1].version, sets[2].version]
+    assert all("batched_with" not in m.stats for m in alone.manifests(table="generations"))
+
+
+def test_a_failure_mid_pass_keeps_the_finished_batches(tsr, tiny_model, tmp_path):
+    from builder.config import load_profile
+    from builder.stages.generate import SampleRequest, generate_together
+    from builder.stages.prompts import prompt_chunk
+
+    settings = load_profile(None)
+    settings.generate.batch_size = 4
+    settings.generate.max_new_tokens = 4
+    store, snapshot, prompt_set = _store_with_prompts(tsr, tmp_path / "store", tiny_model, tmp_path)
+    calls: list[int] = []
+    load = _counting_loader(tiny_model, 4, calls)
+
+    def failing():
+        generator = load()
+        generate = generator.generate
+
+        def fail_on_third(requests, sampling):
+            if len(calls) == 2:
+                raise RuntimeError("the machine went away")
+            return generate(requests, sampling)
+
+        generator.generate = fail_on_third
+        return generator
+
+    with store.writing():
+        requests = [SampleRequest(prompt_chunk(store, prompt_set, n, 4), prompt_set, [0, 1], f"chunk {n}")
+                    for n in (1, 2)]
+        with pytest.raises(RuntimeError, match="went away"):
+            generate_together(store, snapshot_id=snapshot.snapshot_id, requests=requests, cfg=settings.generate,
+                              load_generator=failing)
+        assert store.read("generations").num_rows == 0  # no version is visible before it is whole
+        sets = generate_together(store, snapshot_id=snapshot.snapshot_id, requests=requests, cfg=settings.generate,
+                                 load_generator=load)
+    assert [s.generated for s in sets] == [0, 8]  # chunk 1's two staged batches were kept, not sampled again
+    assert calls[2:] == [4, 4]
+    rows = pl.from_arrow(store.read("generations"))
+    assert rows.height == 16 and rows["generation_id"].is_unique().all()

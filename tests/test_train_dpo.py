@@ -37,14 +37,26 @@ def test_pairs_load_as_conversational_preference_data(iteration_1):
     assert {r["chosen"][0]["content"] for r in rows} <= set(frame["chosen"])
 
 
-def test_dpo_trains_registers_and_is_idempotent(iteration_1):
+def test_dpo_trains_registers_and_is_idempotent(iteration_1, tmp_path, monkeypatch):
     store, pairs = iteration_1
     start = get_snapshot(store, pairs.config["policy"])
     cfg = TrainConfig(learning_rate=0.05, global_batch=2, per_device_batch=2, warmup_ratio=0.0, max_length=512,
                       bf16="false")
+    # The reference log-probabilities are computed once and cached by TRL beside the dataset: in the run's scratch
+    # folder inside the store, not in a temporary folder outside it.
+    import tempfile
+
+    import datasets.fingerprint
+
+    outside = tmp_path / "tmp"
+    outside.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(outside))
+    monkeypatch.setattr(datasets.fingerprint, "_TEMP_DIR_FOR_TEMP_CACHE_FILES", None)
     with store.writing():
         result = train_dpo(store, pairs.version, start, cfg, name="M1-test")
     assert result.trained
+    assert list(outside.iterdir()) == []
+    assert not (store.root / result.snapshot.path / "_trainer").exists()
     assert result.metrics["steps"] >= 1 and result.metrics["loss"] is not None
     assert result.metrics["rewards/margins"] is not None and result.metrics["rewards/accuracies"] is not None
 

@@ -79,6 +79,7 @@ class HFGenerator:
         self._keeps_logits = "logits_to_keep" in forward_parameters
         # transformers 5 renamed past_key_values to cache
         self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
+        self._full_attention = kv_reuse.full_attention(self.model.config)
         # Reuse of a shared prefix and of the last generation's rows (builder/backends/kv_reuse.py).
         self.reuse_cache = reuse_cache
         self._prefix = kv_reuse.PrefixCache()
@@ -196,6 +197,8 @@ class HFGenerator:
         inputs.pop("position_ids")  # generate derives them from the attention mask (the gap included)
         if prefix is not None:
             inputs[self._cache_argument] = kv_reuse.make_cache(kv_reuse.expand(prefix, len(batch)))
+        elif self._full_attention:
+            inputs[self._cache_argument] = kv_reuse.make_cache()
         # An explicit config, so the folder's generation_config.json (its temperature, repetition penalty, ...)
         # cannot change what the sampling settings mean; only its eos ids are kept.
         config = GenerationConfig(

@@ -154,42 +154,106 @@ def existing_ids(store: Store, table: str, id_column: str, snapshot_id: str | No
 def run_stage(store: Store, stage: Stage, plan: Plan, model: ModelSource | None = None,
               executor: Executor = LOCAL) -> StageRun:
     """Materialize `plan` (see the module docstring); the caller holds the store's write lock."""
-    check_items(stage, plan.items)
-    version = version_of(stage, plan)
-    if store.manifest(version) is not None:
-        return StageRun(version, computed=0, reused=len(plan.items))
-    if plan.rows is not None:
-        return _write_given_rows(store, stage, plan, version)
+    (run,) = run_stages(store, stage, [plan], model, executor)
+    return run
+
+
+def run_stages(store: Store, stage: Stage, plans: Sequence[Plan], model: ModelSource | None = None,
+               executor: Executor = LOCAL) -> list[StageRun]:
+    """Materialize several plans of one stage that share a model and its parameters, batching their missing items
+    together: one model, one pass. On a CPU or a GPU, a decode step reads every weight whatever the batch, so 48
+    rows in one batch cost little more than 16 (the embedded model: 5.9 s against 3 x 3.4 s).
+
+    Each plan still gets its own version, exactly the one `run_stage` would write for it alone; an item that two
+    plans both miss is computed once, for the first. Batch functions compute each item independently of its batch
+    neighbours (per-item seeds), so batching changes rows only by floating-point rounding.
+    """
+    runs: list[StageRun | None] = []
+    pending: list[tuple[int, Plan, str, pa.Table, list[dict]]] = []  # index, plan, version, earlier rows, missing
+    claimed: set[str] = set()
+    same_as: dict[int, int] = {}  # a plan asked for twice: its second index -> its first
+    for index, plan in enumerate(plans):
+        check_items(stage, plan.items)
+        version = version_of(stage, plan)
+        twin = next((first for first, _, pending_version, *_ in pending if pending_version == version), None)
+        if twin is not None:
+            runs.append(None)
+            same_as[index] = twin
+        elif store.manifest(version) is not None:
+            runs.append(StageRun(version, computed=0, reused=len(plan.items)))
+        elif plan.rows is not None:
+            runs.append(_write_given_rows(store, stage, plan, version))
+        else:
+            runs.append(None)
+            earlier, missing = _missing_items(store, stage, plan, version)
+            missing = [item for item in missing if item[stage.id_column] not in claimed]
+            claimed.update(item[stage.id_column] for item in missing)
+            pending.append((index, plan, version, earlier, missing))
+    if not pending:
+        return runs  # type: ignore[return-value]
     if model is None:
         raise TypeError(f"stage {stage.name}: a plan without rows needs a model source")
+    first = pending[0][1]
+    if any(plan.params != first.params or plan.batch_size != first.batch_size for _, plan, *_ in pending):
+        raise TypeError(f"stage {stage.name}: plans batched together must share their parameters and batch size")
+    if stage.reuse == "copy" and len(pending) > 1:
+        raise TypeError(f"stage {stage.name} copies reused rows into its version: run its plans one at a time")
 
-    wanted = [item[stage.id_column] for item in plan.items]
-    earlier = existing_rows(store, stage.table, plan.snapshot_id)
-    earlier = earlier.filter(pc.is_in(earlier.column(stage.id_column), pa.array(wanted, pa.string())))
-    done = set(earlier.column(stage.id_column).to_pylist())
-    done |= set(store.staged(version, stage.table).column(stage.id_column).to_pylist())
-    missing = [item for item in plan.items if item[stage.id_column] not in done]
     started = time.monotonic()
-    if missing:
-        batches = [missing[start : start + plan.batch_size] for start in range(0, len(missing), plan.batch_size)]
+    owner = {item[stage.id_column]: version for _, _, version, _, missing in pending for item in missing}
+    missing_all = [item for *_, missing in pending for item in missing]
+    if missing_all:
+        size = first.batch_size
+        batches = [missing_all[start : start + size] for start in range(0, len(missing_all), size)]
         schema = TABLES[stage.table]
-        with Progress(plan.label or stage.name, total=len(missing)) as progress:
-            for rows in executor.map(stage, batches, plan.params, model):
+        label = " + ".join(dict.fromkeys(plan.label or stage.name for _, plan, *_ in pending))
+        with Progress(label, total=len(missing_all)) as progress:
+            for rows in executor.map(stage, batches, first.params, model):
                 created = now_utc()
-                table = pa.Table.from_pylist(
-                    [{**row, stage.version_column: version, "created_at": created} for row in rows], schema=schema)
-                store.stage_batch(version, stage.table, table)
+                by_version: dict[str, list[dict]] = {}
+                for row in rows:
+                    by_version.setdefault(owner[row[stage.id_column]], []).append(row)
+                for version, own in by_version.items():
+                    store.stage_batch(version, stage.table, pa.Table.from_pylist(
+                        [{**row, stage.version_column: version, "created_at": created} for row in own],
+                        schema=schema))
                 tokens = sum(row[stage.token_column] for row in rows) if stage.token_column else 0
                 progress.update(len(rows), tokens=tokens)
                 crash_point(f"{stage.name}.after-batch")
+    seconds = round(time.monotonic() - started, 3)
+    shared = [version for _, _, version, *_ in pending]
+    for index, plan, version, earlier, missing in pending:
+        stats = {"seconds": seconds, "executor": executor.name}
+        if len(shared) > 1:  # computed in one pass with these versions: the seconds are the pass's
+            stats["batched_with"] = [other for other in shared if other != version]
+        runs[index] = _write_computed(store, stage, plan, version, earlier, len(missing), stats)
+    for index, twin in same_as.items():
+        runs[index] = runs[twin]
+    return runs  # type: ignore[return-value]
+
+
+def _missing_items(store: Store, stage: Stage, plan: Plan, version: str) -> tuple[pa.Table, list[dict]]:
+    """The plan's rows that exist under any version of its partition, and the items still to compute (neither
+    there nor in this version's staged batches)."""
+    wanted = pa.array([item[stage.id_column] for item in plan.items], pa.string())
+    earlier = existing_rows(store, stage.table, plan.snapshot_id)
+    earlier = earlier.filter(pc.is_in(earlier.column(stage.id_column), wanted))
+    done = set(earlier.column(stage.id_column).to_pylist())
+    done |= set(store.staged(version, stage.table).column(stage.id_column).to_pylist())
+    return earlier, [item for item in plan.items if item[stage.id_column] not in done]
+
+
+def _write_computed(store: Store, stage: Stage, plan: Plan, version: str, earlier: pa.Table, computed: int,
+                    run_stats: dict) -> StageRun:
+    """Write a version from its staged batches (and, for a copying stage, the rows it reused)."""
     rows = store.staged(version, stage.table)
     if stage.reuse == "copy" and earlier.num_rows:
         relabelled = earlier.set_column(earlier.schema.get_field_index(stage.version_column), stage.version_column,
                                         pa.array([version] * earlier.num_rows, pa.string()))
         rows = pa.concat_tables([rows, relabelled.cast(rows.schema)])
-    rows = _in_plan_order(rows, stage.id_column, wanted)
-    stats = {"requested": len(plan.items), stage.computed_stat: len(missing), "reused": len(plan.items) - len(missing),
-             "seconds": round(time.monotonic() - started, 3), "executor": executor.name}
+    rows = _in_plan_order(rows, stage.id_column, [item[stage.id_column] for item in plan.items])
+    stats = {"requested": len(plan.items), stage.computed_stat: computed, "reused": len(plan.items) - computed,
+             **run_stats}
     if plan.extra_stats is not None:
         stats.update(plan.extra_stats(rows))
     store.write_version(
@@ -198,7 +262,7 @@ def run_stage(store: Store, stage: Stage, plan: Plan, model: ModelSource | None 
         snapshot_id=plan.snapshot_id, stats=stats,
     )
     store.clear_staged(version)
-    return StageRun(version, computed=len(missing), reused=len(plan.items) - len(missing), rows=rows)
+    return StageRun(version, computed=computed, reused=len(plan.items) - computed, rows=rows)
 
 
 def _partition(stage: Stage, plan: Plan) -> dict[str, str]:

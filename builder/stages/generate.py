@@ -17,7 +17,7 @@ import polars as pl
 from builder.backends.base import Generator, GenRequest, SamplingSettings
 from builder.config import GenerateConfig, result_fields
 from builder.fingerprint import content_hash
-from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stage
+from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stages
 from builder.store import Store
 
 if TYPE_CHECKING:
@@ -87,6 +87,16 @@ GENERATE = Stage(name=STAGE, code_version=CODE_VERSION, table="generations", par
                  compute=generate_batch, computed_stat="generated", token_column="completion_tokens")
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """Samples to draw from one snapshot: every prompt (columns prompt_id, text) times every sample index."""
+
+    prompts: pl.DataFrame
+    prompt_set: str  # the prompt-set version the prompts come from (the generations' parent)
+    sample_indices: Sequence[int]
+    label: str = "generate"
+
+
 def generate(
     store: Store,
     *,
@@ -105,20 +115,44 @@ def generate(
     `load_generator` is only called when something is missing, so a fully cached call loads no model; `spec`
     (a ModelSpec) lets an executor load the model in its own workers.
     """
+    (result,) = generate_together(store, snapshot_id=snapshot_id, cfg=cfg, load_generator=load_generator, spec=spec,
+                                  executor=executor,
+                                  requests=[SampleRequest(prompts, prompt_set, sample_indices, label)])
+    return result
+
+
+def generate_together(
+    store: Store,
+    *,
+    snapshot_id: str,
+    requests: Sequence[SampleRequest],
+    cfg: GenerateConfig,
+    load_generator: Callable[[], Generator],
+    spec=None,
+    executor: Executor = LOCAL,
+) -> list[GenerationSet]:
+    """`generate` for several requests of one snapshot, their missing rows sampled in shared batches; each request
+    gets the version it would get alone."""
+    plans = [_plan(snapshot_id, request, cfg) for request in requests]
+    runs = run_stages(store, GENERATE, plans, ModelSource(load_generator, spec), executor)
+    return [GenerationSet(run.version, [item["generation_id"] for item in plan.items], generated=run.computed,
+                          reused=run.reused) for plan, run in zip(plans, runs)]
+
+
+def _plan(snapshot_id: str, request: SampleRequest, cfg: GenerateConfig) -> Plan:
+    prompts = request.prompts
     items = [
         {"generation_id": generation_id(snapshot_id, pid, index, cfg), "prompt_id": pid, "text": text,
          "sample_index": index, "seed": sample_seed(cfg.seed, snapshot_id, pid, index)}
         for pid, text in zip(prompts["prompt_id"].to_list(), prompts["text"].to_list())
-        for index in sample_indices
+        for index in request.sample_indices
     ]
     ids = [item["generation_id"] for item in items]
-    config = {**result_fields(cfg), "sample_indices": list(sample_indices), "prompts": content_hash(ids)}
-    plan = Plan(items=items, config=config, parents=[prompt_set], partition_value=snapshot_id,
+    config = {**result_fields(cfg), "sample_indices": list(request.sample_indices), "prompts": content_hash(ids)}
+    return Plan(items=items, config=config, parents=[request.prompt_set], partition_value=snapshot_id,
                 snapshot_id=snapshot_id, params=GenerateParams(snapshot_id, cfg), batch_size=cfg.batch_size,
-                label=label, extra_stats=lambda rows: {
+                label=request.label, extra_stats=lambda rows: {
                     "completion_tokens": sum(rows.column("completion_tokens").to_pylist()), "backend": cfg.backend})
-    run = run_stage(store, GENERATE, plan, ModelSource(load_generator, spec), executor)
-    return GenerationSet(run.version, ids, generated=run.computed, reused=run.reused)
 
 
 def generate_chunk(store: Store, settings: Profile, snapshot_ref: str, chunk: int, prompt_set: str | None,

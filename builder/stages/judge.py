@@ -7,7 +7,7 @@ are reused, and finished batches are staged so a killed run resumes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -19,7 +19,7 @@ from builder.backends.reward import RewardScorer
 from builder.config import JudgeConfig, result_fields
 from builder.errors import TsrError
 from builder.fingerprint import content_hash
-from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stage
+from builder.stages.base import LOCAL, Executor, ModelSource, Plan, Stage, run_stages
 from builder.store import Store
 
 STAGE = "judge"
@@ -109,31 +109,56 @@ def judge(
 
     With `reward`, `load_generator` returns a RewardScorer and the score is its raw reward (mode "reward").
     """
+    (result,) = judge_together(store, judge_id=judge_id, generation_sets=[generation_ids], labels=[label], cfg=cfg,
+                               load_generator=load_generator, reward=reward, spec=spec, executor=executor)
+    return result
+
+
+def judge_together(
+    store: Store,
+    *,
+    judge_id: str,
+    generation_sets: Sequence[list[str]],
+    labels: Sequence[str],
+    cfg: JudgeConfig,
+    load_generator: Callable[[], Generator | RewardScorer],
+    reward: bool = False,
+    spec=None,
+    executor: Executor = LOCAL,
+) -> list[JudgmentSet]:
+    """`judge` for several sets of generations by one judge, their missing judgments computed in shared batches;
+    each set gets the version it would get alone."""
     template = template_text(cfg)
     template_hash = judging.template_hash(template)
     settings = judge_settings(cfg, template_hash, reward)
     mode = settings.get("mode", cfg.mode)
-    ids = [judgment_id(gid, judge_id, settings) for gid in generation_ids]
-    config = {**settings, "generations": content_hash(generation_ids)}
+    params = JudgeParams(judge_id, cfg, template, template_hash, mode, reward)
     generations = pl.from_arrow(store.read("generations").select(["generation_id", "prompt_id", "text", "version"]))
     prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"]))
     assert isinstance(generations, pl.DataFrame) and isinstance(prompts, pl.DataFrame)
-    wanted = pl.DataFrame({"generation_id": generation_ids, "judgment_id": ids}).join(
-        generations.unique("generation_id"), on="generation_id", how="left", maintain_order="left"
-    ).join(prompts.unique("prompt_id").rename({"text": "prompt"}), on="prompt_id", how="left",
-           maintain_order="left")
-    if wanted["text"].null_count():
-        raise TsrError(f"{wanted['text'].null_count()} generation(s) to judge are not in {store.root}")
-    wanted = wanted.with_columns(pl.col("generation_id").map_elements(
-        lambda gid: judge_seed(cfg.seed, gid), return_dtype=pl.Int64).alias("seed"))
-    plan = Plan(items=wanted.select("judgment_id", "generation_id", "prompt", "text", "seed").to_dicts(),
-                config=config, parents=sorted(set(wanted["version"].to_list())), partition_value=judge_id,
-                snapshot_id=judge_id, params=JudgeParams(judge_id, cfg, template, template_hash, mode, reward),
-                batch_size=cfg.batch_size, label=label, extra_stats=lambda rows: {
-                    "unparsable": rows.column("score").null_count,
-                    "scored_by": _value_counts(rows.column("scored_by").to_pylist())})
-    run = run_stage(store, JUDGE, plan, ModelSource(load_generator, spec), executor)
-    return JudgmentSet(run.version, ids, judged=run.computed, reused=run.reused)
+    generations = generations.unique("generation_id")
+    prompts = prompts.unique("prompt_id").rename({"text": "prompt"})
+    plans = []
+    for generation_ids, label in zip(generation_sets, labels, strict=True):
+        ids = [judgment_id(gid, judge_id, settings) for gid in generation_ids]
+        wanted = pl.DataFrame({"generation_id": generation_ids, "judgment_id": ids}, schema={
+            "generation_id": pl.String, "judgment_id": pl.String}).join(
+            generations, on="generation_id", how="left", maintain_order="left"
+        ).join(prompts, on="prompt_id", how="left", maintain_order="left")
+        if wanted["text"].null_count():
+            raise TsrError(f"{wanted['text'].null_count()} generation(s) to judge are not in {store.root}")
+        wanted = wanted.with_columns(pl.col("generation_id").map_elements(
+            lambda gid: judge_seed(cfg.seed, gid), return_dtype=pl.Int64).alias("seed"))
+        plans.append(Plan(
+            items=wanted.select("judgment_id", "generation_id", "prompt", "text", "seed").to_dicts(),
+            config={**settings, "generations": content_hash(generation_ids)},
+            parents=sorted(set(wanted["version"].to_list())), partition_value=judge_id, snapshot_id=judge_id,
+            params=params, batch_size=cfg.batch_size, label=label, extra_stats=lambda rows: {
+                "unparsable": rows.column("score").null_count,
+                "scored_by": _value_counts(rows.column("scored_by").to_pylist())}))
+    runs = run_stages(store, JUDGE, plans, ModelSource(load_generator, spec), executor)
+    return [JudgmentSet(run.version, [item["judgment_id"] for item in plan.items], judged=run.computed,
+                        reused=run.reused) for plan, run in zip(plans, runs)]
 
 
 def _value_counts(values: list) -> dict[str, int]:
