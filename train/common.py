@@ -6,13 +6,11 @@ torch, transformers and peft are imported inside the functions, so importing thi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,21 +71,6 @@ def use_bf16(cfg: Any) -> bool:
     if cfg.bf16 == "auto":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return cfg.bf16 == "true"
-
-
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    """Environment variables set for the duration of the block, then put back as they were."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def trainer_arguments(config_class: type, cfg: Any, output: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from builder.config import TrainConfig, load_profile, result_fields
+from builder.environment import environment
 from builder.errors import TsrError
 from builder.faults import crash_point
 from builder.fingerprint import canonical_json, stage_fingerprint
@@ -36,7 +37,6 @@ from builder.snapshot import Snapshot, adopt_folder, get_snapshot, register, sta
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
 from train.common import (
-    environment,
     finished_run,
     load_tokenizer,
     lora_config,

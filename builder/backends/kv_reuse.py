@@ -50,13 +50,6 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def _shared_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
-
-
 _PLAIN_LAYERS = ("DynamicLayer", "GrowingLayer")  # full attention, every token kept: what can be reused
 
 
@@ -164,7 +157,7 @@ class PrefixCache:
 class _Batch:
     layers: Layers  # the generation's cache, [batch, heads, cached, dim]
     mask: torch.Tensor  # [batch, cached]: 1 where a cached position holds one of the row's tokens
-    tokens: list[list[int]]  # per row, its tokens in cache order (padding and the gap left out)
+    tokens: torch.Tensor  # [batch, longest]: each row's tokens in cache order (padding and gap left out), then -1
 
 
 class RowCache:
@@ -184,9 +177,13 @@ class RowCache:
             return
         cached = layers[0][0].shape[-2]
         mask = mask[:, :cached]
+        import torch
+
         # A row's cached tokens: the first `mask.sum()` of its tokens (the last sampled token has no cache entry).
         kept = [row[: int(count)] for row, count in zip(tokens, mask.sum(dim=1).tolist())]
-        self._batches.append(_Batch(layers, mask, kept))
+        width = max((len(row) for row in kept), default=0)
+        table = torch.tensor([row + [-1] * (width - len(row)) for row in kept], dtype=torch.long).reshape(-1, width)
+        self._batches.append(_Batch(layers, mask, table))
 
     def extend(self, texts: Sequence[Sequence[int]]) -> tuple[Layers, torch.Tensor, list[int]] | None:
         """For texts that all extend rows of one kept batch: (their rows' cache, its mask cut to the shared
@@ -197,12 +194,17 @@ class RowCache:
         import torch
 
         for batch in self._batches:
+            if not len(batch.tokens):
+                continue
             rows, shared = [], []
             for text in texts:
-                best, length = max(((r, _shared_length(row, text)) for r, row in enumerate(batch.tokens)),
-                                   key=lambda pair: pair[1], default=(0, 0))
+                # the row that shares the most leading tokens with the text (the first of equals), compared in one
+                # tensor operation: a Python loop over every row and token took 0.4 s for 32 judgments
+                head = torch.tensor(list(text[: batch.tokens.shape[1]]), dtype=torch.long)
+                same = (batch.tokens[:, : len(head)] == head).cumprod(dim=1).sum(dim=1)
+                best = int(same.argmax())
                 rows.append(best)
-                shared.append(min(length, len(text) - 1))
+                shared.append(min(int(same[best]), len(text) - 1))
             if min(shared, default=0) < MIN_SHARED_PREFIX:
                 continue
             index = torch.tensor(rows, device=batch.mask.device)
@@ -211,6 +213,8 @@ class RowCache:
             # written after an early eos)
             limit = torch.tensor(shared, device=mask.device).unsqueeze(1)
             mask = mask * (mask.cumsum(dim=1) <= limit)
+            if rows == list(range(len(batch.tokens))):  # every row, in order: the cache as it is (make_cache copies)
+                return batch.layers, mask, shared
             layers = [(keys[index], values[index]) for keys, values in batch.layers]
             return layers, mask, shared
         return None
