@@ -71,8 +71,8 @@ def covered_tokens(generator, store, judgment_ids: list[str], template: str) -> 
     from builder import judging
 
     judgments = pl.from_arrow(store.read("judgments")).filter(pl.col("judgment_id").is_in(judgment_ids))
-    generations = pl.from_arrow(store.read("generations").select("generation_id", "prompt_id", "text"))
-    prompts = pl.from_arrow(store.read("prompts").select("prompt_id", "text")).rename({"text": "prompt"})
+    generations = pl.from_arrow(store.read("generations").select(["generation_id", "prompt_id", "text"]))
+    prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"])).rename({"text": "prompt"})
     rows = judgments.join(generations, on="generation_id").join(prompts, on="prompt_id")
     total = 0
     for row in rows.iter_rows(named=True):
@@ -100,11 +100,11 @@ def measure(data: str = "tsr-data", judgments: int = 16) -> list[dict]:
         store = Store.open(Path(scratch) / "store", create=True)
         with store.writing():
             manifest, _ = import_prompts(store, default_prompts_path(), chunking=Chunking(chunks=1))
-            prompts = pl.from_arrow(store.read("prompts").select("prompt_id", "text")).head(judgments)
+            prompts = pl.from_arrow(store.read("prompts").select(["prompt_id", "text"])).head(judgments)
             gen = generate(store, snapshot_id=m0.snapshot_id, prompts=prompts, prompt_set=manifest.version,
                            sample_indices=[0], cfg=GenerateConfig(k=1, max_new_tokens=64, batch_size=8),
                            load_generator=lambda: generator, label="bench responses")
-            responses = pl.from_arrow(store.read("generations").select("generation_id", "prompt_id", "text"))
+            responses = pl.from_arrow(store.read("generations").select(["generation_id", "prompt_id", "text"]))
             items = [(p, r) for p, r in responses.join(prompts.rename({"text": "prompt"}), on="prompt_id")
                      .select("prompt", "text").iter_rows()]
             # warm both paths once (first-call kernel set-up is not what either side costs per judgment)
