@@ -146,7 +146,6 @@ class HFGenerator:
         attention's time. On CUDA transformers keeps its own choice (masked GQA would fall back to a slow kernel)."""
         return environment(TRANSFORMERS_SDPA_FORCE_GQA="1") if self.device.type == "cpu" else contextlib.nullcontext()
 
-
     def _encode(self, text: str) -> list[int]:
         # Rendered chat text already holds the template's special tokens (BOS included where the template writes
         # one), as apply_chat_template(tokenize=True) would: add none here.
