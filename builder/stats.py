@@ -138,8 +138,10 @@ def diagnostics(
 ) -> pa.Table:
     """The gap (and, when asked for, the rescored gap and the similarity) per method, iteration and phase.
 
-    Columns: method, iteration, phase, final, pairs, mean_gap, [rescored_pairs, rescored_gap,
-    rescored_chosen, rescored_rejected], [embedded_pairs, similarity], pair_version, judge_id, created_at.
+    Columns: method, iteration, phase, final, pairs, mean_gap, gap_ci_low, gap_ci_high, [rescored_pairs,
+    rescored_gap, rescored_chosen, rescored_rejected], [embedded_pairs, similarity, similarity_ci_low,
+    similarity_ci_high], pair_version, judge_id, created_at. The intervals are 95% percentile bootstrap intervals
+    over the pairs (one per prompt) of each version, seeded by the version (builder/intervals.py).
     """
     where, params = _filters(method, iteration, "g.")
     columns = ["g.method", "g.iteration", "g.phase", "g.final", "g.pairs", "g.mean_gap"]
@@ -169,7 +171,42 @@ def diagnostics(
     columns += ["g.pair_version", "g.judge_id", "g.created_at"]
     sql = (f"select {', '.join(columns)} from {_named('gap_diagnostics')} g {' '.join(joins)} where {where} "
            "order by g.method, g.iteration, g.phase, g.created_at, g.pair_version")
-    return run_sql(store, sql, params, reads=sorted(reads))
+    table = run_sql(store, sql, params, reads=sorted(reads))
+    return _with_intervals(store, table, snapshot_id, text_kind)
+
+
+def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text_kind: str) -> pa.Table:
+    """Add the 95% bootstrap interval over prompts (builder/intervals.py) beside the mean gap and the similarity."""
+    from builder.intervals import interval_seed, mean_interval
+
+    versions = table.column("pair_version").to_pylist()
+    figures = [("gap", "mean_gap", _per_pair(store, "select pair_version, gap as value from pairs "
+                                                    "where pair_version in (select unnest($versions))",
+                                             {"versions": versions}, ["pairs"]))]
+    if snapshot_id is not None:
+        figures.append(("similarity", "similarity", _per_pair(
+            store,
+            "select p.pair_version, list_cosine_similarity(c.mean_hidden, r.mean_hidden) as value from pairs p "
+            "join embeddings c on c.generation_id = p.chosen_generation_id "
+            "join embeddings r on r.generation_id = p.rejected_generation_id "
+            "where p.pair_version in (select unnest($versions)) and c.snapshot_id = $snapshot_id "
+            "and r.snapshot_id = $snapshot_id and c.text_kind = $text_kind and r.text_kind = $text_kind",
+            {"versions": versions, "snapshot_id": snapshot_id, "text_kind": text_kind}, ["pairs", "embeddings"])))
+    for name, after, values in figures:
+        bounds = [mean_interval(values.get(version, []), interval_seed(version, name)) for version in versions]
+        at = table.column_names.index(after) + 1
+        table = table.add_column(at, f"{name}_ci_low", pa.array([low for low, _ in bounds], pa.float64()))
+        table = table.add_column(at + 1, f"{name}_ci_high", pa.array([high for _, high in bounds], pa.float64()))
+    return table
+
+
+def _per_pair(store: Store, sql: str, params: dict[str, Any], reads: list[str]) -> dict[str, list[float]]:
+    """pair version -> one value per pair (`sql` selects pair_version and value), in a stable order."""
+    rows = run_sql(store, sql + " order by all", params, reads=reads).to_pylist()
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        values.setdefault(row["pair_version"], []).append(row["value"])
+    return values
 
 
 def final_rows(table: pa.Table) -> pl.DataFrame:
@@ -208,6 +245,10 @@ def _number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _interval(low: Any, high: Any) -> str:
+    return "-" if low is None else f"[{_number(low)}, {_number(high)}]"
+
+
 def _pair(a: Any, b: Any) -> str:
     return f"{_number(a)} / {_number(b)}"
 
@@ -239,10 +280,13 @@ _DIAGNOSTIC_COLUMNS: list[tuple[str, str, Callable[[dict], str]]] = [
     ("final", "final", lambda r: _number(r["final"])),
     ("pairs", "pairs", lambda r: _number(r["pairs"])),
     ("gap", "mean_gap", lambda r: _number(r["mean_gap"])),
+    ("gap 95% CI", "gap_ci_low", lambda r: _interval(r["gap_ci_low"], r["gap_ci_high"])),
     ("rescored pairs", "rescored_pairs", lambda r: _number(r["rescored_pairs"])),
     ("rescored gap", "rescored_gap", lambda r: _number(r["rescored_gap"])),
     ("embedded pairs", "embedded_pairs", lambda r: _number(r["embedded_pairs"])),
     ("similarity", "similarity", lambda r: _number(r["similarity"])),
+    ("similarity 95% CI", "similarity_ci_low",
+     lambda r: _interval(r["similarity_ci_low"], r["similarity_ci_high"])),
     ("version", "pair_version", lambda r: r["pair_version"]),
 ]
 

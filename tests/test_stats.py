@@ -238,8 +238,8 @@ def test_stats_on_an_empty_store_and_bad_input(tsr, data_root):
 
 def test_gap_diagnostics(store):
     table = stats.diagnostics(store)
-    assert table.column_names == ["method", "iteration", "phase", "final", "pairs", "mean_gap", "pair_version",
-                                  "judge_id", "created_at"]
+    assert table.column_names == ["method", "iteration", "phase", "final", "pairs", "mean_gap", "gap_ci_low",
+                                  "gap_ci_high", "pair_version", "judge_id", "created_at"]
     rows = rows_by_version(table)
     assert_row(rows["sr1"], {"final": True, "pairs": 2, "mean_gap": 2.3})
     assert_row(rows["sr2"], {"final": True, "pairs": 0, "mean_gap": None})
@@ -297,16 +297,57 @@ def test_similarity_is_computed_once_and_cached(store):
         (0 + half) / 2, rel=1e-6)
 
 
+def _plain_bootstrap(values: list[float], seed: int, resamples: int = 2000) -> tuple[float, float]:
+    """The percentile bootstrap written out in plain Python: the same resample indices (one numpy draw with the
+    seed), means as sums, percentiles by linear interpolation between the sorted means."""
+    import numpy as np
+
+    picks = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values))).tolist()
+    means = sorted(sum(values[i] for i in row) / len(row) for row in picks)
+
+    def percentile(q: float) -> float:
+        position = q / 100 * (len(means) - 1)
+        below = math.floor(position)
+        above = min(below + 1, len(means) - 1)
+        return means[below] + (means[above] - means[below]) * (position - below)
+
+    return percentile(2.5), percentile(97.5)
+
+
+def test_intervals_are_a_seeded_percentile_bootstrap_over_prompts(store):
+    from builder.intervals import interval_seed
+
+    embed_all(store)
+    rows = rows_by_version(stats.diagnostics(store, snapshot_id="m0"))
+    half = 1 / math.sqrt(2)
+    # the pairs' gaps and cosines, in the order the interval reads them (sorted)
+    cases = {("tsrd1", "gap"): [1.0, 2.0, 4.0], ("sr1", "gap"): [1.6, 3.0], ("sr1", "similarity"): [0.0, half],
+             ("tsrd1", "similarity"): [half, 1.0]}  # q3's empty response has no cosine
+    for (version, name), values in cases.items():
+        low, high = _plain_bootstrap(sorted(values), interval_seed(version, name))
+        tolerance = 1e-9 if name == "gap" else 1e-6  # cosines come from float32 hidden states
+        assert rows[version][f"{name}_ci_low"] == pytest.approx(low, abs=tolerance)
+        assert rows[version][f"{name}_ci_high"] == pytest.approx(high, abs=tolerance)
+        assert min(values) <= low < high <= max(values)
+    # one pair (tsrd2's one cosine) or none (sr2) has no spread: no interval
+    assert rows["tsrd2"]["similarity_ci_low"] is None and rows["sr2"]["gap_ci_low"] is None
+    assert rows["tsrd2"]["gap_ci_low"] == pytest.approx(_plain_bootstrap([2.0, 5.0], interval_seed("tsrd2", "gap"))[0])
+    # seeded: the same figures on every run, and a row's interval does not depend on the other rows shown
+    assert rows_by_version(stats.diagnostics(store, snapshot_id="m0", method="tsr"))["tsrd1"] == rows["tsrd1"]
+
+
 def test_diagnostics_cli_reuses_cached_embeddings(tsr, store):
     embed_all(store)
     out = tsr("stats", "--snapshot", "m0", "--format", "csv").stdout
     frame = pl.read_csv(out.encode())
-    assert frame.columns == ["method", "iteration", "phase", "final", "pairs", "mean_gap", "embedded_pairs",
-                             "similarity", "pair_version", "judge_id", "created_at"]
+    assert frame.columns == ["method", "iteration", "phase", "final", "pairs", "mean_gap", "gap_ci_low",
+                             "gap_ci_high", "embedded_pairs", "similarity", "similarity_ci_low",
+                             "similarity_ci_high", "pair_version", "judge_id", "created_at"]
     assert frame.filter(pl.col("pair_version") == "tsrd2")["similarity"][0] == pytest.approx(1.0, rel=1e-6)
     table = tsr("stats", "--diagnostics", "--snapshot", "m0", "--method", "sr").output
-    assert table.splitlines()[0].split() == ["method", "iter", "phase", "final", "pairs", "gap", "embedded", "pairs",
-                                             "similarity", "version"]
+    assert table.splitlines()[0].split() == ["method", "iter", "phase", "final", "pairs", "gap", "gap", "95%", "CI",
+                                             "embedded", "pairs", "similarity", "similarity", "95%", "CI",
+                                             "version"]
     assert len(table.splitlines()) == 4
 
 
