@@ -19,6 +19,7 @@ tokens of what was encoded, under one snapshot the user picks (e.g. M0 for every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -139,7 +140,8 @@ def diagnostics(
     """The gap (and, when asked for, the rescored gap and the similarity) per method, iteration and phase.
 
     Columns: method, iteration, phase, final, pairs, mean_gap, gap_ci_low, gap_ci_high, [rescored_pairs,
-    rescored_gap, rescored_chosen, rescored_rejected], [embedded_pairs, similarity, similarity_ci_low,
+    rescored_gap, rescored_gap_ci_low, rescored_gap_ci_high, rescored_chosen, rescored_rejected], [embedded_pairs,
+    similarity, similarity_ci_low,
     similarity_ci_high], pair_version, judge_id, created_at. The intervals are 95% percentile bootstrap intervals
     over the pairs (one per prompt) of each version, seeded by the version (builder/intervals.py).
     """
@@ -172,17 +174,30 @@ def diagnostics(
     sql = (f"select {', '.join(columns)} from {_named('gap_diagnostics')} g {' '.join(joins)} where {where} "
            "order by g.method, g.iteration, g.phase, g.created_at, g.pair_version")
     table = run_sql(store, sql, params, reads=sorted(reads))
-    return _with_intervals(store, table, snapshot_id, text_kind)
+    return _with_intervals(store, table, snapshot_id, text_kind, judge)
 
 
-def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text_kind: str) -> pa.Table:
-    """Add the 95% bootstrap interval over prompts (builder/intervals.py) beside the mean gap and the similarity."""
+def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text_kind: str,
+                    judge: JudgeKey | None) -> pa.Table:
+    """Add the 95% bootstrap interval over prompts (builder/intervals.py) beside the mean gap, the rescored gap and
+    the similarity."""
     from builder.intervals import interval_seed, mean_interval
 
     versions = table.column("pair_version").to_pylist()
     figures = [("gap", "mean_gap", _per_pair(store, "select pair_version, gap as value from pairs "
                                                     "where pair_version in (select unnest($versions))",
                                              {"versions": versions}, ["pairs"]))]
+    if judge is not None:  # per pair, what rescored_gap.sql averages
+        figures.append(("rescored_gap", "rescored_gap", _per_pair(
+            store,
+            "with scores as (select generation_id, avg(score) as score from judgments where judge_id = $judge_id "
+            "and template_hash = $template_hash and mode = $mode and judge_samples = $judge_samples "
+            "and temperature = $temperature and max_new_tokens = $max_new_tokens group by generation_id) "
+            "select p.pair_version, c.score - r.score as value from pairs p "
+            "join scores c on c.generation_id = p.chosen_generation_id "
+            "join scores r on r.generation_id = p.rejected_generation_id "
+            "where p.pair_version in (select unnest($versions)) and c.score is not null and r.score is not null",
+            {"versions": versions, **dataclasses.asdict(judge)}, ["pairs", "judgments"])))
     if snapshot_id is not None:
         figures.append(("similarity", "similarity", _per_pair(
             store,
@@ -283,6 +298,8 @@ _DIAGNOSTIC_COLUMNS: list[tuple[str, str, Callable[[dict], str]]] = [
     ("gap 95% CI", "gap_ci_low", lambda r: _interval(r["gap_ci_low"], r["gap_ci_high"])),
     ("rescored pairs", "rescored_pairs", lambda r: _number(r["rescored_pairs"])),
     ("rescored gap", "rescored_gap", lambda r: _number(r["rescored_gap"])),
+    ("rescored 95% CI", "rescored_gap_ci_low",
+     lambda r: _interval(r["rescored_gap_ci_low"], r["rescored_gap_ci_high"])),
     ("embedded pairs", "embedded_pairs", lambda r: _number(r["embedded_pairs"])),
     ("similarity", "similarity", lambda r: _number(r["similarity"])),
     ("similarity 95% CI", "similarity_ci_low",

@@ -332,6 +332,12 @@ def test_intervals_are_a_seeded_percentile_bootstrap_over_prompts(store):
     # one pair (tsrd2's one cosine) or none (sr2) has no spread: no interval
     assert rows["tsrd2"]["similarity_ci_low"] is None and rows["sr2"]["gap_ci_low"] is None
     assert rows["tsrd2"]["gap_ci_low"] == pytest.approx(_plain_bootstrap([2.0, 5.0], interval_seed("tsrd2", "gap"))[0])
+    # under the fixed judge J, tsrd1's pairs rescore to 3 - 1 and 4 - mean(4, 2); q3's unscored side is left out
+    rescored = rows_by_version(stats.diagnostics(store, judge=J_KEY))["tsrd1"]
+    low, high = _plain_bootstrap([1.0, 2.0], interval_seed("tsrd1", "rescored_gap"))
+    assert (rescored["rescored_gap_ci_low"], rescored["rescored_gap_ci_high"]) == (pytest.approx(low),
+                                                                                   pytest.approx(high))
+    assert 1.0 <= low < high <= 2.0
     # seeded: the same figures on every run, and a row's interval does not depend on the other rows shown
     assert rows_by_version(stats.diagnostics(store, snapshot_id="m0", method="tsr"))["tsrd1"] == rows["tsrd1"]
 
