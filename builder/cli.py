@@ -750,6 +750,9 @@ def _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_
 @click.option("--iter", "iteration", type=COUNT, help="Only iteration N.")
 @click.option("--diagnostics", is_flag=True, help="The vanishing-gap diagnostics (score gap, and with --judge / "
               "--snapshot the rescored gap and the chosen/rejected similarity) instead of the pair statistics.")
+@click.option("--differences", is_flag=True, help="Each method against SR per iteration, prompt by prompt: the mean "
+              "difference of the gap (and with --judge / --snapshot of the rescored gap and the similarity), its 95% "
+              "paired bootstrap interval, and whether it excludes zero.")
 @click.option("--evals", "show_evals", is_flag=True, help="The evaluation results (tsr eval winrate / ifeval) "
               "instead of the pair statistics (SQL: tsr sql --query evals).")
 @diagnostics_options
@@ -757,8 +760,8 @@ def _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write to FILE instead of stdout.")
 @click.pass_context
-def stats_command(ctx, method, iteration, diagnostics, show_evals, snapshot_ref, text_kind, judge_ref, profile,
-                  batch_size, fmt, out) -> None:
+def stats_command(ctx, method, iteration, diagnostics, differences, show_evals, snapshot_ref, text_kind, judge_ref,
+                  profile, batch_size, fmt, out) -> None:
     """Pair statistics per method, iteration and phase (SQL: tsr sql --query pair_stats)."""
     from builder import stats
     from builder.readers import check_output_file
@@ -772,6 +775,13 @@ def stats_command(ctx, method, iteration, diagnostics, show_evals, snapshot_ref,
 
         table = evals_table(store)
         rendered = terminal_table(table) if fmt == "table" else stats.render(table, fmt)
+    elif differences:
+        # the baseline's pairs are needed too: prepared (embedded, rescored) for every method
+        prepared = _prepare_diagnostics(ctx, None, iteration, snapshot_ref, text_kind, judge_ref, profile,
+                                         batch_size)
+        table = stats.method_differences(store, method=method, iteration=iteration,
+                                         snapshot_id=prepared.snapshot_id, text_kind=text_kind, judge=prepared.judge)
+        rendered = stats.render(table, fmt, kind="differences")
     elif diagnostics or snapshot_ref or judge_ref:
         prepared = _prepare_diagnostics(ctx, method, iteration, snapshot_ref, text_kind, judge_ref, profile,
                                          batch_size)

@@ -184,7 +184,20 @@ def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text
     from builder.intervals import interval_seed, mean_interval
 
     versions = table.column("pair_version").to_pylist()
-    figures = [("gap", "mean_gap", _per_pair(store, "select pair_version, gap as value from pairs "
+    for name, after, values in _figures_per_pair(store, versions, snapshot_id, text_kind, judge):
+        bounds = [mean_interval(list(values.get(version, {}).values()), interval_seed(version, name))
+                  for version in versions]
+        at = table.column_names.index(after) + 1
+        table = table.add_column(at, f"{name}_ci_low", pa.array([low for low, _ in bounds], pa.float64()))
+        table = table.add_column(at + 1, f"{name}_ci_high", pa.array([high for _, high in bounds], pa.float64()))
+    return table
+
+
+def _figures_per_pair(store: Store, versions: list[str], snapshot_id: str | None, text_kind: str,
+                      judge: JudgeKey | None) -> list[tuple[str, str, dict[str, dict[str, float]]]]:
+    """(figure, the diagnostics column it is the mean of, pair version -> prompt -> value) for the gap, and the
+    rescored gap and the similarity where asked for."""
+    figures = [("gap", "mean_gap", _per_pair(store, "select pair_version, prompt_id, gap as value from pairs "
                                                     "where pair_version in (select unnest($versions))",
                                              {"versions": versions}, ["pairs"]))]
     if judge is not None:  # per pair, what rescored_gap.sql averages
@@ -193,7 +206,7 @@ def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text
             "with scores as (select generation_id, avg(score) as score from judgments where judge_id = $judge_id "
             "and template_hash = $template_hash and mode = $mode and judge_samples = $judge_samples "
             "and temperature = $temperature and max_new_tokens = $max_new_tokens group by generation_id) "
-            "select p.pair_version, c.score - r.score as value from pairs p "
+            "select p.pair_version, p.prompt_id, c.score - r.score as value from pairs p "
             "join scores c on c.generation_id = p.chosen_generation_id "
             "join scores r on r.generation_id = p.rejected_generation_id "
             "where p.pair_version in (select unnest($versions)) and c.score is not null and r.score is not null",
@@ -201,26 +214,61 @@ def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text
     if snapshot_id is not None:
         figures.append(("similarity", "similarity", _per_pair(
             store,
-            "select p.pair_version, list_cosine_similarity(c.mean_hidden, r.mean_hidden) as value from pairs p "
+            "select p.pair_version, p.prompt_id, list_cosine_similarity(c.mean_hidden, r.mean_hidden) as value "
+            "from pairs p "
             "join embeddings c on c.generation_id = p.chosen_generation_id "
             "join embeddings r on r.generation_id = p.rejected_generation_id "
             "where p.pair_version in (select unnest($versions)) and c.snapshot_id = $snapshot_id "
             "and r.snapshot_id = $snapshot_id and c.text_kind = $text_kind and r.text_kind = $text_kind",
             {"versions": versions, "snapshot_id": snapshot_id, "text_kind": text_kind}, ["pairs", "embeddings"])))
-    for name, after, values in figures:
-        bounds = [mean_interval(values.get(version, []), interval_seed(version, name)) for version in versions]
-        at = table.column_names.index(after) + 1
-        table = table.add_column(at, f"{name}_ci_low", pa.array([low for low, _ in bounds], pa.float64()))
-        table = table.add_column(at + 1, f"{name}_ci_high", pa.array([high for _, high in bounds], pa.float64()))
-    return table
+    return figures
 
 
-def _per_pair(store: Store, sql: str, params: dict[str, Any], reads: list[str]) -> dict[str, list[float]]:
-    """pair version -> one value per pair (`sql` selects pair_version and value), in a stable order."""
-    rows = run_sql(store, sql + " order by all", params, reads=reads).to_pylist()
-    values: dict[str, list[float]] = {}
+def method_differences(store: Store, *, method: str | None = None, iteration: int | None = None,
+                       snapshot_id: str | None = None, text_kind: str = "response", judge: JudgeKey | None = None,
+                       baseline: str = "sr") -> pa.Table:
+    """Each method's final pairs against the baseline's (SR) at the same iteration, prompt by prompt: the mean
+    difference of the gap (and of the rescored gap and the similarity where asked for) over the prompts both
+    versions have a value for, its 95% paired bootstrap interval (the shared prompts resampled together) and
+    whether that interval excludes zero."""
+    from builder.intervals import interval_seed, mean_interval
+
+    final = final_rows(diagnostics(store, iteration=iteration, snapshot_id=snapshot_id, text_kind=text_kind,
+                                   judge=judge))
+    version_of = {(row["method"], row["iteration"]): row["pair_version"] for row in final.iter_rows(named=True)}
+    figures = _figures_per_pair(store, sorted(version_of.values()), snapshot_id, text_kind, judge)
+    rows = []
+    for (name, n), version in sorted(version_of.items(), key=lambda item: (item[0][1], METHODS.index(item[0][0]))):
+        base = version_of.get((baseline, n))
+        if name == baseline or base is None or (method is not None and name != method):
+            continue
+        for figure, _, values in figures:
+            ours, theirs = values.get(version, {}), values.get(base, {})
+            differences = [ours[p] - theirs[p] for p in sorted(set(ours) & set(theirs))
+                           if not (math.isnan(ours[p]) or math.isnan(theirs[p]))]
+            low, high = mean_interval(differences, interval_seed(version, base, figure))
+            rows.append({
+                "iteration": n, "method": name, "baseline": baseline, "figure": figure,
+                "shared_prompts": len(differences),
+                "mean_difference": sum(differences) / len(differences) if differences else None,
+                "ci_low": low, "ci_high": high,
+                "excludes_zero": None if low is None else bool(low > 0 or high < 0),
+                "pair_version": version, "baseline_pair_version": base,
+            })
+    schema = pa.schema([("iteration", pa.int64()), ("method", pa.string()), ("baseline", pa.string()),
+                        ("figure", pa.string()), ("shared_prompts", pa.int64()), ("mean_difference", pa.float64()),
+                        ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("excludes_zero", pa.bool_()),
+                        ("pair_version", pa.string()), ("baseline_pair_version", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _per_pair(store: Store, sql: str, params: dict[str, Any], reads: list[str]) -> dict[str, dict[str, float]]:
+    """pair version -> prompt -> the pair's value (`sql` selects pair_version, prompt_id and value), in prompt
+    order (a pair version holds one pair per prompt)."""
+    rows = run_sql(store, sql + " order by pair_version, prompt_id", params, reads=reads).to_pylist()
+    values: dict[str, dict[str, float]] = {}
     for row in rows:
-        values.setdefault(row["pair_version"], []).append(row["value"])
+        values.setdefault(row["pair_version"], {})[row["prompt_id"]] = row["value"]
     return values
 
 
@@ -308,16 +356,30 @@ _DIAGNOSTIC_COLUMNS: list[tuple[str, str, Callable[[dict], str]]] = [
 ]
 
 
+_DIFFERENCE_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("iter", lambda r: _number(r["iteration"])),
+    ("method", lambda r: r["method"]),
+    ("vs", lambda r: r["baseline"]),
+    ("figure", lambda r: r["figure"]),
+    ("prompts", lambda r: _number(r["shared_prompts"])),
+    ("difference", lambda r: _number(r["mean_difference"])),
+    ("95% CI", lambda r: _interval(r["ci_low"], r["ci_high"])),
+    ("excludes 0", lambda r: "-" if r["excludes_zero"] is None else ("yes" if r["excludes_zero"] else "no")),
+]
+
+
 def terminal_table(table: pa.Table, kind: str) -> str:
-    """A fixed-width table for the terminal: `kind` is "stats" (pair_stats) or "diagnostics"."""
+    """A fixed-width table for the terminal: `kind` is "stats" (pair_stats), "diagnostics" or "differences"."""
     rows = table.to_pylist()
     if kind == "stats":
         columns = _STATS_COLUMNS
+    elif kind == "differences":
+        columns = _DIFFERENCE_COLUMNS
     else:
         columns = [(header, fn) for header, name, fn in _DIAGNOSTIC_COLUMNS if name in table.column_names]
     cells = [[fn(row) for _, fn in columns] for row in rows]
     widths = [max([len(header)] + [len(c[i]) for c in cells]) for i, (header, _) in enumerate(columns)]
-    left = {"method", "phase", "version"}
+    left = {"method", "phase", "version", "vs", "figure"}
 
     def line(values: list[str]) -> str:
         return "  ".join(v.ljust(w) if columns[i][0] in left else v.rjust(w)

@@ -320,21 +320,21 @@ def test_intervals_are_a_seeded_percentile_bootstrap_over_prompts(store):
     embed_all(store)
     rows = rows_by_version(stats.diagnostics(store, snapshot_id="m0"))
     half = 1 / math.sqrt(2)
-    # the pairs' gaps and cosines, in the order the interval reads them (sorted)
-    cases = {("tsrd1", "gap"): [1.0, 2.0, 4.0], ("sr1", "gap"): [1.6, 3.0], ("sr1", "similarity"): [0.0, half],
-             ("tsrd1", "similarity"): [half, 1.0]}  # q3's empty response has no cosine
+    # the pairs' gaps and cosines, in the order the interval reads them (prompt order)
+    cases = {("tsrd1", "gap"): [4.0, 2.0, 1.0], ("sr1", "gap"): [3.0, 1.6], ("sr1", "similarity"): [0.0, half],
+             ("tsrd1", "similarity"): [1.0, half]}  # q3's empty response has no cosine
     for (version, name), values in cases.items():
-        low, high = _plain_bootstrap(sorted(values), interval_seed(version, name))
+        low, high = _plain_bootstrap(values, interval_seed(version, name))
         tolerance = 1e-9 if name == "gap" else 1e-6  # cosines come from float32 hidden states
         assert rows[version][f"{name}_ci_low"] == pytest.approx(low, abs=tolerance)
         assert rows[version][f"{name}_ci_high"] == pytest.approx(high, abs=tolerance)
         assert min(values) <= low < high <= max(values)
     # one pair (tsrd2's one cosine) or none (sr2) has no spread: no interval
     assert rows["tsrd2"]["similarity_ci_low"] is None and rows["sr2"]["gap_ci_low"] is None
-    assert rows["tsrd2"]["gap_ci_low"] == pytest.approx(_plain_bootstrap([2.0, 5.0], interval_seed("tsrd2", "gap"))[0])
+    assert rows["tsrd2"]["gap_ci_low"] == pytest.approx(_plain_bootstrap([5.0, 2.0], interval_seed("tsrd2", "gap"))[0])
     # under the fixed judge J, tsrd1's pairs rescore to 3 - 1 and 4 - mean(4, 2); q3's unscored side is left out
     rescored = rows_by_version(stats.diagnostics(store, judge=J_KEY))["tsrd1"]
-    low, high = _plain_bootstrap([1.0, 2.0], interval_seed("tsrd1", "rescored_gap"))
+    low, high = _plain_bootstrap([2.0, 1.0], interval_seed("tsrd1", "rescored_gap"))
     assert (rescored["rescored_gap_ci_low"], rescored["rescored_gap_ci_high"]) == (pytest.approx(low),
                                                                                    pytest.approx(high))
     assert 1.0 <= low < high <= 2.0
@@ -361,3 +361,38 @@ def test_score_histogram(store):
     frame = pl.from_arrow(stats.query(store, "score_histogram", method="sr"))
     assert frame.select("iteration", "side", "bin_start", "pairs").rows() == [
         (1, "chosen", 4.0, 1), (1, "chosen", 4.5, 1), (1, "rejected", 1.0, 1), (1, "rejected", 3.0, 1)]
+
+
+def _pair_version(store: Store, version: str, method: str, phase: str, gaps: dict[str, float]) -> None:
+    rows = [{"pair_id": f"{version}-{p}", "pair_version": version, "method": method, "iteration": 1,
+             "phase": phase, "prompt_id": p, "chosen_generation_id": f"c-{version}-{p}",
+             "rejected_generation_id": f"r-{version}-{p}", "chosen_score": 1.0 + gap, "rejected_score": 1.0,
+             "gap": gap, "chosen_pool": "current", "rejected_pool": "current", "chosen_sample_index": 0,
+             "rejected_sample_index": 1, "chosen_snapshot_id": "m0", "rejected_snapshot_id": "m0",
+             "judge_id": "m0", "created_at": _T0} for p, gap in gaps.items()]
+    _write(store, "pairs", rows, PAIRS, version, {"method": method, "iteration": "1", "phase": phase},
+           stage="pairs", config={"method": method, "iteration": 1, "phase": phase, "judge": "m0", "policy": "m0"},
+           snapshot_id="m0", stats={"kept": len(rows)})
+
+
+def test_method_differences_are_paired_over_shared_prompts(tmp_path, tsr):
+    from builder.intervals import interval_seed
+
+    store = Store.open(tmp_path / "paired", create=True)
+    sr = {"a": 0.5, "b": 1.0, "c": 0.25, "d": 2.0, "e": 1.5}
+    tsr_final = {"a": 2.0, "b": 1.5, "c": 1.25, "d": 3.0, "f": 9.0}  # e and f are in one version only
+    with store.writing():
+        _pair_version(store, "sr-1", "sr", "sr", sr)
+        _pair_version(store, "tsr-1-d1", "tsr", "d1", {"a": 5.0})
+        _pair_version(store, "tsr-1-d2", "tsr", "d2", tsr_final)
+    (row,) = stats.method_differences(store).to_pylist()
+    differences = [1.5, 0.5, 1.0, 1.0]  # a, b, c, d: TSR's final (D2) minus SR's, prompt by prompt
+    low, high = _plain_bootstrap(differences, interval_seed("tsr-1-d2", "sr-1", "gap"))
+    assert row == {"iteration": 1, "method": "tsr", "baseline": "sr", "figure": "gap", "shared_prompts": 4,
+                   "mean_difference": pytest.approx(1.0), "ci_low": pytest.approx(low), "ci_high": pytest.approx(high),
+                   "excludes_zero": True, "pair_version": "tsr-1-d2", "baseline_pair_version": "sr-1"}
+    assert 0.5 <= low <= high <= 1.5
+    out = tsr("--data", str(store.root), "stats", "--differences").stdout.splitlines()
+    assert out[0].split() == ["iter", "method", "vs", "figure", "prompts", "difference", "95%", "CI", "excludes", "0"]
+    assert out[2].split()[:6] == ["1", "tsr", "sr", "gap", "4", "1.000"] and out[2].split()[-1] == "yes"
+    assert stats.method_differences(store, method="tsr-past").num_rows == 0  # no tsr-past pairs in this store
