@@ -141,9 +141,9 @@ def diagnostics(
 
     Columns: method, iteration, phase, final, pairs, mean_gap, gap_ci_low, gap_ci_high, [rescored_pairs,
     rescored_gap, rescored_gap_ci_low, rescored_gap_ci_high, rescored_chosen, rescored_rejected], [embedded_pairs,
-    similarity, similarity_ci_low,
-    similarity_ci_high], pair_version, judge_id, created_at. The intervals are 95% percentile bootstrap intervals
-    over the pairs (one per prompt) of each version, seeded by the version (builder/intervals.py).
+    similarity, similarity_ci_low, similarity_ci_high], pair_version, judge_id, created_at. The intervals are 95%
+    percentile bootstrap intervals over the pairs (one per prompt) of each version, seeded by the version and the
+    figure (builder/intervals.py).
     """
     where, params = _filters(method, iteration, "g.")
     columns = ["g.method", "g.iteration", "g.phase", "g.final", "g.pairs", "g.mean_gap"]
