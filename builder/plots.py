@@ -63,23 +63,36 @@ def _save(plt, fig, path: Path) -> None:
 
 
 def bar_chart(frame: pl.DataFrame, value: str, path: Path, *, title: str, ylabel: str) -> Path:
-    """Grouped bars: x = iteration, one bar per method side by side, each labelled with its value."""
+    """Grouped bars: x = iteration, one bar per method side by side, each labelled with its value; the whiskers are
+    the 95% bootstrap interval over prompts where `frame` has it (`<figure>_ci_low`, `<figure>_ci_high`)."""
     plt = _pyplot()
     rows = frame.filter(pl.col(value).is_not_null())
     methods = _methods(rows)
     iterations = sorted(set(rows["iteration"].to_list())) if not rows.is_empty() else []
+    low_column, high_column = (f"{value.removeprefix('mean_')}_ci_{end}" for end in ("low", "high"))
     fig, ax = plt.subplots(figsize=BAR_SIZE, dpi=DPI)
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
-        values = dict(rows.filter(pl.col("method") == method).select("iteration", value).iter_rows())
+        own = rows.filter(pl.col("method") == method)
+        values = dict(own.select("iteration", value).iter_rows())
         xs = [n + (i - (len(methods) - 1) / 2) * width for n in iterations if n in values]
         ys = [values[n] for n in iterations if n in values]
-        bars = ax.bar(xs, ys, width=width * 0.95, color=COLORS.get(method), label=LABELS.get(method, method))
+        whiskers = None
+        if low_column in own.columns:
+            bounds = {n: (low, high) for n, low, high in own.select("iteration", low_column, high_column).iter_rows()}
+            # no interval (fewer than two pairs): no whisker
+            whiskers = [[values[n] - (bounds[n][0] if bounds[n][0] is not None else values[n]) for n in iterations
+                         if n in values],
+                        [(bounds[n][1] if bounds[n][1] is not None else values[n]) - values[n] for n in iterations
+                         if n in values]]
+        bars = ax.bar(xs, ys, width=width * 0.95, color=COLORS.get(method), label=LABELS.get(method, method),
+                      yerr=whiskers, capsize=3, error_kw={"linewidth": 0.8})
         ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=8, padding=2)
     ax.set_xticks(iterations, [str(n) for n in iterations])
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title + ("\n(whiskers: 95% bootstrap interval over prompts)" if low_column in rows.columns else ""),
+                 fontsize=10)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.margins(y=0.15)
     if methods:

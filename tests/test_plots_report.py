@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from builder import plots
+from builder import plots, stats
 from builder.store import Store
 from tests.test_stats import J_KEY, build_store, embed_all
 
@@ -177,3 +177,24 @@ def test_diagnostics_on_a_loop_store(tsr, data_root, tmp_path):
     tsr("report", "--out", str(report), "--snapshot", "tiny", "--judge", "tiny", "--profile", str(profile))
     assert Store.open(data_root).read("embeddings").num_rows == embedded.height  # cached, not recomputed
     assert report.read_text("utf-8").count("data:image/png;base64,") == 3
+
+
+def test_bars_carry_the_bootstrap_interval_as_whiskers(store, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    whiskers = []
+    original = Axes.bar
+
+    def spy(self, xs, ys, *args, **kwargs):
+        whiskers.append((list(ys), kwargs.get("yerr")))
+        return original(self, xs, ys, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "bar", spy)
+    plots.write_plots(store, tmp_path)
+    rows = stats.final_rows(stats.diagnostics(store)).filter(pl.col("mean_gap").is_not_null())
+    sr1 = rows.filter(pl.col("pair_version") == "sr1").row(0, named=True)
+    (sr_bars, sr_whiskers), (tsr_bars, _) = whiskers[:2]  # gap.png: SR's bars, then TSR's
+    assert sr_bars == [pytest.approx(sr1["mean_gap"])]
+    assert sr_whiskers == [[pytest.approx(sr1["mean_gap"] - sr1["gap_ci_low"])],
+                           [pytest.approx(sr1["gap_ci_high"] - sr1["mean_gap"])]]
+    assert tsr_bars == [pytest.approx(3.5)]
