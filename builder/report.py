@@ -28,6 +28,7 @@ th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-spac
 th { background: #f4f4f4; } td.text { text-align: left; }
 code, .mono { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .note { color: #666; font-size: 0.85em; } img { max-width: 100%; display: block; margin: 0.5em 0; }
+.wide { max-width: 100%; overflow-x: auto; } svg.lineage { max-width: 100%; height: auto; }
 """
 
 # Lineage graph geometry (pixels).
@@ -47,14 +48,15 @@ def html_table(table: pa.Table, *, limit: int | None = None, digits: int = 3) ->
                     if pa.types.is_string(t) or pa.types.is_large_string(t)}
     rows = table.to_pylist()
     shown = rows if limit is None else rows[:limit]
-    out = ["<table><tr>" + "".join(f"<th>{_esc(n)}</th>" for n in names) + "</tr>"]
+    # in a box of its own that scrolls sideways, so a table of 25 columns never widens the page
+    out = ['<div class="wide"><table><tr>' + "".join(f"<th>{_esc(n)}</th>" for n in names) + "</tr>"]
     for row in shown:
         cells = []
         for n in names:
             cls = ' class="text"' if n in text_columns else ""
             cells.append(f"<td{cls}>{_esc(stats._number(row[n], digits))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     if limit is not None and len(rows) > limit:
         out.append(f'<p class="note">{len(rows) - limit} more rows not shown.</p>')
     if not rows:
@@ -89,8 +91,9 @@ def lineage_svg(nodes: list[dict], edges: list[dict]) -> str:
             where[node["node"]] = (_PAD + col * (_BOX_W + _GAP_X), _PAD + row * (_BOX_H + _GAP_Y))
     width = _PAD * 2 + (max(columns) + 1) * (_BOX_W + _GAP_X) - _GAP_X
     height = _PAD * 2 + max(len(m) for m in columns.values()) * (_BOX_H + _GAP_Y) - _GAP_Y + 20
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="11">'),
+    # scaled down to the page width (viewBox, CSS max-width): the graph grows with every iteration and method
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'),
              "<defs>" + "".join(
                  f'<marker id="arrow{i}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
                  f'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="{color}"/></marker>'
@@ -153,6 +156,8 @@ def build_report(
     about = (f'Generated {_esc(generated)}; store format {_esc(marker.get("format_version"))}, '
              f'schema {_esc(marker.get("schema_version"))}, created {_esc(marker.get("created_at"))}.')
     body = [f"<h1>temporal-sr report: {_esc(store.root)}</h1>", f'<p class="note">{about}</p>']
+    # the diagnostics' plots first: what a reader opens the report for
+    body += ["<h2>Plots</h2>", _plots_html(store, snapshot_id, text_kind, judge, has_pairs=pair_table.num_rows > 0)]
     body += ["<h2>Versions</h2>", html_table(versions_summary),
              "<details><summary>Every version</summary>", html_table(versions_all, limit=2000), "</details>"]
     lineage_note = ("Snapshots (M0, trained iterations, dashed: temporary future models) and pair versions; an "
@@ -177,7 +182,6 @@ def build_report(
     body += ["<h2>Evaluations</h2>", f'<p class="note">{evals_note}</p>',
              html_table(evals) if evals.num_rows else
              '<p class="note">No evaluations yet (<code>tsr eval winrate</code>, <code>tsr eval ifeval</code>).</p>']
-    body += ["<h2>Plots</h2>", _plots_html(store, snapshot_id, text_kind, judge, has_pairs=pair_table.num_rows > 0)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>temporal-sr report: {_esc(store.root.name)}</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

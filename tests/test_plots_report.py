@@ -198,3 +198,69 @@ def test_bars_carry_the_bootstrap_interval_as_whiskers(store, tmp_path, monkeypa
     assert sr_whiskers == [[pytest.approx(sr1["mean_gap"] - sr1["gap_ci_low"])],
                            [pytest.approx(sr1["gap_ci_high"] - sr1["mean_gap"])]]
     assert tsr_bars == [pytest.approx(3.5)]
+
+
+def _four_iterations_of_two_methods(root: Path) -> Store:
+    """Pair versions and snapshots of SR and TSR for 4 iterations each (TSR: D1, D2 and M_f), chained like a loop
+    store: M_{i-1} built iteration i's pairs, M_i trained on its final pairs."""
+    from builder.snapshot import Snapshot, register
+    from schemas.tables import PAIRS
+    from tests.test_stats import _T0, _write
+
+    store = Store.open(root, create=True)
+    with store.writing():
+        register(store, Snapshot("m0", "SmolLM2-135M-Instruct", "m0", hub_repo="x/m0"))
+        for method, phases in (("sr", ["sr"]), ("tsr", ["d1", "d2"])):
+            policy = "m0"
+            for n in range(1, 5):
+                for phase in phases:
+                    version = f"{method}-{n}-{phase}"
+                    rows = [{"pair_id": f"{version}-{p}", "pair_version": version, "method": method, "iteration": n,
+                             "phase": phase, "prompt_id": f"p{p}", "chosen_generation_id": f"c{p}",
+                             "rejected_generation_id": f"r{p}", "chosen_score": 4.0, "rejected_score": 1.0 + p / 4,
+                             "gap": 3.0 - p / 4, "chosen_pool": "current", "rejected_pool": "past",
+                             "chosen_sample_index": 0, "rejected_sample_index": 3, "chosen_snapshot_id": policy,
+                             "rejected_snapshot_id": "m0", "judge_id": policy, "created_at": _T0} for p in range(6)]
+                    _write(store, "pairs", rows, PAIRS, version,
+                           {"method": method, "iteration": str(n), "phase": phase}, stage="pairs",
+                           config={"method": method, "iteration": n, "phase": phase, "judge": policy,
+                                   "policy": policy},
+                           parents=[f"{method}-{n}-d1"] if phase == "d2" else [], snapshot_id=policy,
+                           stats={"kept": len(rows)})
+                    if phase == "d1":
+                        register(store, Snapshot(f"mf-{method}-{n}", f"Mf{n}-{method}", "future", hub_repo="x/f",
+                                                 temporary=True, parent_snapshot_id=policy, pair_version=version))
+                trained = f"m{n}-{method}"
+                register(store, Snapshot(trained, f"M{n}-{method}", "iteration", hub_repo=f"x/{trained}",
+                                         parent_snapshot_id=policy, pair_version=f"{method}-{n}-{phases[-1]}"))
+                policy = trained
+    return Store.open(root)
+
+
+def test_the_report_fits_a_laptop_screen_in_headless_chromium(tsr, tmp_path):
+    """1280 px wide: the lineage graph (8 columns, over 2,000 px at its natural size) and the 25-column tables
+    stay inside the page; the page never scrolls sideways."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    store = _four_iterations_of_two_methods(tmp_path / "store")
+    report = tmp_path / "report.html"
+    tsr("--data", str(store.root), "report", "--out", str(report))
+    text = report.read_text("utf-8")
+    width = int(re.search(r'<svg [^>]*class="lineage" width="(\d+)"', text).group(1))
+    assert width > 1280  # the case this test is about: a graph wider than the screen
+    probe = ('<script>window.addEventListener("load", () => { const page = document.documentElement; '
+             'document.body.setAttribute("data-widths", page.scrollWidth + " " + window.innerWidth); });</script>')
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", probe + "</body>"), "utf-8")
+    dumped = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    scroll_width, inner_width = map(int, re.search(r'data-widths="(\d+) (\d+)"', dumped).groups())
+    assert inner_width == 1280 and scroll_width <= inner_width
+    assert text.index("<h2>Plots</h2>") < text.index("<h2>Versions</h2>")  # the figures come first
