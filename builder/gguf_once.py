@@ -15,14 +15,14 @@ import copy
 import functools
 from collections.abc import Iterator
 
+from builder.environment import attribute
+
 
 @contextlib.contextmanager
 def read_once() -> Iterator[None]:
     import gguf
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    originals = {(gguf, "GGUFReader"): gguf.GGUFReader, (gguf, "get_tensor_name_map"): gguf.get_tensor_name_map,
-                 (gguf_utils, "load_gguf_checkpoint"): gguf_utils.load_gguf_checkpoint}
     reader = functools.cache(gguf.GGUFReader)  # read-only: a memory map and the parsed fields
     name_map = functools.cache(gguf.get_tensor_name_map)  # only looked up
     metadata: dict[str, dict] = {}
@@ -35,10 +35,6 @@ def read_once() -> Iterator[None]:
             metadata[str(path)] = load_checkpoint(path, False)
         return copy.deepcopy(metadata[str(path)])  # callers pop and edit what they get
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
-    gguf_utils.load_gguf_checkpoint = load_gguf_checkpoint
-    try:
+    with (attribute(gguf, "GGUFReader", reader), attribute(gguf, "get_tensor_name_map", name_map),
+          attribute(gguf_utils, "load_gguf_checkpoint", load_gguf_checkpoint)):
         yield
-    finally:
-        for (module, name), value in originals.items():
-            setattr(module, name, value)

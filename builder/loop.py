@@ -74,6 +74,7 @@ class Loop:
         self.work: dict[str, int] = {"generated": 0, "judged": 0, "trained": 0}  # what was computed, not reused
         self.results: dict[int, IterationResult] = {}
         self.horizon = 0  # the last iteration this run builds (the one first asked for)
+        self._prompts: dict[int, pl.DataFrame] = {}
         self._policies: dict[int, Snapshot] = {0: m0}
         self._loaded: tuple[str, Generator] | None = None
 
@@ -126,7 +127,10 @@ class Loop:
     # ---- one iteration ----------------------------------------------------------------------------------------
 
     def prompts(self, n: int) -> pl.DataFrame:
-        return prompt_chunk(self.store, self.prompt_set, n, self.profile.loop.prompts_per_iteration)
+        """Iteration n's prompt chunk, read once (phase 1 asks for it with every pool it samples)."""
+        if n not in self._prompts:
+            self._prompts[n] = prompt_chunk(self.store, self.prompt_set, n, self.profile.loop.prompts_per_iteration)
+        return self._prompts[n]
 
     def _generate(self, snapshot: Snapshot, *requests: tuple[int, range, str]) -> list[GenerationSet]:
         """Samples of `snapshot` for each (iteration, sample indices, label), drawn in shared batches."""

@@ -24,6 +24,8 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+from builder.environment import attribute
+
 # Above this many logits (1 GiB in fp32) a call takes TRL's tiled head, which never holds them all.
 MAX_LOGITS = 1 << 28
 
@@ -57,11 +59,8 @@ def plain_lm_head() -> Iterator[None]:
         if options.get("temperature", 1.0) == 1.0 and not options.get("cast_lm_head_to_fp32", False):
             _patch(model, tuple(options.get("outputs", ("log_probs",))))
 
-    dpo_trainer.add_fused_lm_head = add_heads
-    try:
+    with attribute(dpo_trainer, "add_fused_lm_head", add_heads):
         yield
-    finally:
-        dpo_trainer.add_fused_lm_head = tiled
 
 
 def _fits(model: Any) -> bool:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from builder.config import TrainConfig, load_profile, result_fields
-from builder.environment import environment
+from builder.environment import attribute, environment
 from builder.errors import TsrError
 from builder.faults import crash_point
 from builder.fingerprint import canonical_json, stage_fingerprint
@@ -194,15 +194,11 @@ def _reference_keyed_by(key: str) -> Iterator[None]:
     already hashes its files."""
     from trl.trainer import dpo_trainer
 
-    hash_module = getattr(dpo_trainer, "hash_module", None)
-    if hash_module is None:  # a TRL that keys its cache otherwise
+    if not hasattr(dpo_trainer, "hash_module"):  # a TRL that keys its cache otherwise
         yield
         return
-    dpo_trainer.hash_module = lambda module: key
-    try:
+    with attribute(dpo_trainer, "hash_module", lambda module: key):
         yield
-    finally:
-        dpo_trainer.hash_module = hash_module
 
 
 def _final_metrics(history: list[dict], training_loss: float, pairs: int) -> dict:
