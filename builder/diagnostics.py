@@ -46,9 +46,11 @@ def prepare(
     profile: str | None = None,
     batch_size: int = 16,
     executor: str | None = None,
+    versions: list[str] | None = None,
 ) -> Prepared:
     """Compute whatever the diagnostics need and the store lacks (hidden-state means under `snapshot_ref`, the
-    fixed judge's judgments of every chosen and rejected response); reuse the rest."""
+    fixed judge's judgments of every chosen and rejected response of the selected pairs: a method, an iteration,
+    a list of pair versions); reuse the rest."""
     if snapshot_ref is None and judge_ref is None:
         return Prepared()
     from builder.backends.loading import ModelSpec, generator_spec, reward_spec
@@ -63,7 +65,7 @@ def prepare(
     runner = executor_for(settings.executor)
     snapshot_id, key, embedded, rescored = None, None, 0, 0
     with store.writing():
-        generation_ids = pair_generation_ids(store, method=method, iteration=iteration)
+        generation_ids = pair_generation_ids(store, method=method, iteration=iteration, versions=versions)
         if snapshot_ref is not None and not generation_ids:  # no pairs (yet): nothing to embed, and no columns
             snapshot_id = get_snapshot(store, snapshot_ref).snapshot_id
         elif snapshot_ref is not None:

@@ -85,7 +85,7 @@ class Loop:
 
         def load() -> Generator:
             if self._loaded is None or self._loaded[0] != snapshot.snapshot_id:
-                self._release()
+                self.release()
                 started = time.monotonic()
                 self._loaded = (snapshot.snapshot_id, self.make_generator(snapshot))
                 self.seconds["load model"] += time.monotonic() - started
@@ -93,7 +93,7 @@ class Loop:
 
         return load
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Drop the model in memory; a served model's engine (generate.serve_command) is stopped now."""
         if self._loaded is not None:
             close = getattr(self._loaded[1], "close", None)
@@ -115,7 +115,7 @@ class Loop:
 
             result = self.iteration(n)
             start = self.policy(n - 1)
-            self._release()  # free the generator's memory (or the engine tsr started) for training
+            self.release()  # free the generator's memory (or the engine tsr started) for training
             started = time.monotonic()
             trained = train_dpo(self.store, result.final_pairs, start, self.profile.train,
                                 role="iteration", name=f"M{n}-{self.method}")
@@ -214,7 +214,7 @@ class Loop:
         # Phase 2: future-guided chosen. M_f = DPO(M_i on D1) only generates; M_i (not M_f) judges.
         from train.dpo import train_dpo
 
-        self._release()
+        self.release()
         started = time.monotonic()
         trained = train_dpo(self.store, d1_version, policy, self.profile.train, role="future",
                             name=f"Mf{n}-{self.method}", temporary=True)

@@ -5,15 +5,20 @@
     similarity.png  mean cosine of chosen vs rejected hidden states per iteration, methods side by side
                     (only with an embedding snapshot)
     scores.png      histograms of chosen and rejected scores, one panel per method (rows) and iteration (columns)
+    figure1.png     the paper's Figure 1 (`tsr experiment`): rescored gap and similarity against iteration, one
+                    line per method with its interval as a band
 
-Every plotted number comes from the named queries (builder/stats.py). Sizes are fixed (pixels = inches * DPI), so
-a card or report can lay them out: BAR_SIZE for the bar charts, PANEL_SIZE per histogram panel.
+Every plotted number comes from the named queries (builder/stats.py). Plots are drawn in memory (the report embeds
+the bytes) and written only where the user asks. Sizes are fixed (pixels = inches * DPI), so a card or report can
+lay them out: BAR_SIZE for the bar charts, PANEL_SIZE per histogram panel, FIGURE1_SIZE for the two panels.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import polars as pl
 
@@ -21,9 +26,13 @@ from builder import stats
 from builder.errors import TsrError
 from builder.store import Store
 
+if TYPE_CHECKING:
+    from builder.figure1 import Figure1
+
 DPI = 100
 BAR_SIZE = (8.0, 4.5)  # inches: 800 x 450 pixels
 PANEL_SIZE = (4.0, 3.0)  # inches per histogram panel: 400 x 300 pixels
+FIGURE1_SIZE = (11.0, 4.5)  # inches: 1100 x 450 pixels, two panels
 COLORS = {"sr": "#d62728", "tsr-past": "#ff7f0e", "tsr": "#1f77b4", "chosen": "#2ca02c", "rejected": "#7f7f7f"}
 LABELS = {"sr": "SR", "tsr-past": "TSR w/o future", "tsr": "TSR"}
 _INSTALL = "pip install 'temporal-sr[plots]'"
@@ -52,17 +61,22 @@ def _methods(frame: pl.DataFrame) -> list[str]:
     return [m for m in stats.METHODS if m in present] + sorted(present - set(stats.METHODS))
 
 
-def _save(plt, fig, path: Path) -> None:
-    """PNG through a temporary file beside `path`, renamed over it: a failed write leaves no partial image."""
-    from builder.readers import write_atomic
+def canvas(name: str) -> io.BytesIO:
+    """An in-memory PNG named like the file it may become: drawing never touches the disk (the report embeds the
+    bytes; `write_plots` writes them where the user asked)."""
+    target = io.BytesIO()
+    target.name = f"{name}.png"
+    return target
 
+
+def _save(plt, fig, target: BinaryIO) -> None:
     try:
-        write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
+        fig.savefig(target, dpi=DPI, format="png")
     finally:
         plt.close(fig)
 
 
-def bar_chart(frame: pl.DataFrame, value: str, path: Path, *, title: str, ylabel: str) -> Path:
+def bar_chart(frame: pl.DataFrame, value: str, path: BinaryIO, *, title: str, ylabel: str) -> BinaryIO:
     """Grouped bars: x = iteration, one bar per method side by side, each labelled with its value; the whiskers are
     the 95% bootstrap interval over prompts where `frame` has it (`<figure>_ci_low`, `<figure>_ci_high`)."""
     plt = _pyplot()
@@ -104,8 +118,8 @@ def bar_chart(frame: pl.DataFrame, value: str, path: Path, *, title: str, ylabel
     return path
 
 
-def score_histograms(histogram: pl.DataFrame, path: Path, *, methods: list[str] | None = None,
-                     iterations: list[int] | None = None) -> Path:
+def score_histograms(histogram: pl.DataFrame, path: BinaryIO, *, methods: list[str] | None = None,
+                     iterations: list[int] | None = None) -> BinaryIO:
     """One panel per method (rows) and iteration (columns): chosen and rejected score counts.
 
     `methods` and `iterations` default to those in `histogram`; pass them to keep a panel ("no pairs") for an
@@ -147,47 +161,105 @@ def score_histograms(histogram: pl.DataFrame, path: Path, *, methods: list[str] 
     return path
 
 
-def write_plots(
+@dataclass(frozen=True)
+class Drawn:
+    """A plot drawn in memory: `png` is the image file's bytes."""
+
+    name: str  # file stem: gap, similarity, scores, figure1
+    title: str
+    png: bytes
+
+
+def draw_plots(
     store: Store,
-    out_dir: Path,
     *,
     method: str | None = None,
     snapshot_id: str | None = None,
     text_kind: str = "response",
     judge: stats.JudgeKey | None = None,
-) -> list[Plot]:
-    """Write gap.png, similarity.png (with an embedding snapshot) and scores.png into `out_dir`."""
-    from builder.readers import check_output_dir, make_output_dir
-
-    check_output_dir(Path(out_dir))  # a file as --out, or an unwritable place: one line, before any query
+) -> list[Drawn]:
+    """The gap chart, the similarity chart (with an embedding snapshot) and the score histograms, as PNG bytes."""
     _pyplot()  # fail early, before any query, when matplotlib is missing
     table = stats.diagnostics(store, method=method, snapshot_id=snapshot_id, text_kind=text_kind, judge=judge)
     final = stats.final_rows(table)
     if final.is_empty():
         raise TsrError(f"no pairs in {store.root}{f' for method {method}' if method else ''}: nothing to plot")
-    out_dir = make_output_dir(Path(out_dir))  # the user named it: missing parents are made too
-    plots = []
+    drawn = []
     if judge is not None:
         title = f"Chosen - rejected score gap, rescored by judge {judge.judge_id[:10]}"
         value = "rescored_gap"
     else:
         title = "Chosen - rejected score gap (each method's own judge)"
         value = "mean_gap"
-    plots.append(Plot("gap", bar_chart(final, value, out_dir / "gap.png", title=title, ylabel="mean score gap"),
-                      title))
+    drawn.append(Drawn("gap", title, bar_chart(final, value, canvas("gap"), title=title,
+                                               ylabel="mean score gap").getvalue()))
     if snapshot_id is not None:
         title = f"Chosen / rejected similarity (cosine of mean hidden states, {text_kind}, {snapshot_id[:10]})"
-        plots.append(Plot("similarity", bar_chart(final, "similarity", out_dir / "similarity.png", title=title,
-                                                  ylabel="mean cosine similarity"), title))
+        image = bar_chart(final, "similarity", canvas("similarity"), title=title, ylabel="mean cosine similarity")
+        drawn.append(Drawn("similarity", title, image.getvalue()))
     histogram = pl.from_arrow(stats.query(store, "score_histogram", method=method))
     assert isinstance(histogram, pl.DataFrame)
     # the final phase's latest pair version per method and iteration, as in the bar charts
     histogram = histogram.join(final.select("pair_version"), on="pair_version", how="semi")
     title = "Chosen and rejected scores of the final pairs"
-    path = score_histograms(histogram, out_dir / "scores.png", methods=_methods(final),
-                            iterations=sorted(set(final["iteration"].to_list())))
-    plots.append(Plot("scores", path, title))
-    return plots
+    image = score_histograms(histogram, canvas("scores"), methods=_methods(final),
+                             iterations=sorted(set(final["iteration"].to_list())))
+    drawn.append(Drawn("scores", title, image.getvalue()))
+    return drawn
+
+
+def write_plots(store: Store, out_dir: Path, **options) -> list[Plot]:
+    """Write gap.png, similarity.png (with an embedding snapshot) and scores.png into `out_dir` (`draw_plots`'s
+    options); each file through a temporary file renamed over it, so a failed write leaves no partial image."""
+    from builder.readers import check_output_dir, make_output_dir, write_bytes_atomic
+
+    check_output_dir(Path(out_dir))  # a file as --out, or an unwritable place: one line, before any query
+    drawn = draw_plots(store, **options)
+    out_dir = make_output_dir(Path(out_dir))  # the user named it: missing parents are made too
+    return [Plot(d.name, write_bytes_atomic(out_dir / f"{d.name}.png", d.png), d.title) for d in drawn]
+
+
+def figure1_png(fig: Figure1) -> bytes:
+    """Figure 1 of `tsr experiment` (builder/figure1.py) as PNG bytes, its axes naming the judge and the snapshot."""
+    return figure1_panels(fig.table, canvas("figure1"), title=fig.title,
+                          gap_label=f"mean score gap (judge {fig.judge})",
+                          similarity_label=f"mean cosine similarity ({fig.snapshot})").getvalue()
+
+
+def figure1_panels(final: pl.DataFrame, target: BinaryIO, *, title: str, gap_label: str,
+                   similarity_label: str) -> BinaryIO:
+    """The paper's Figure 1: the rescored gap (left) and the chosen/rejected similarity (right) against iteration,
+    one line per method, its 95% bootstrap interval over prompts as a band. `final` has one row per method and
+    iteration with rescored_gap and similarity and their `_ci_low` / `_ci_high` columns."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=FIGURE1_SIZE, dpi=DPI)
+    for ax, value, label in ((axes[0], "rescored_gap", gap_label), (axes[1], "similarity", similarity_label)):
+        rows = final.filter(pl.col(value).is_not_null()) if value in final.columns else final.clear()
+        for method in _methods(rows):
+            own = rows.filter(pl.col("method") == method).sort("iteration")
+            xs, ys = own["iteration"].to_list(), own[value].to_list()
+            color = COLORS.get(method)
+            ax.plot(xs, ys, marker="o", color=color, label=LABELS.get(method, method))
+            banded = own.filter(pl.col(f"{value}_ci_low").is_not_null())  # fewer than two pairs: no interval
+            if not banded.is_empty():
+                ax.fill_between(banded["iteration"].to_list(), banded[f"{value}_ci_low"].to_list(),
+                                banded[f"{value}_ci_high"].to_list(), color=color, alpha=0.18, linewidth=0)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if rows.is_empty():
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        else:
+            ax.legend(frameon=False, fontsize=9)
+    axes[0].set_title("Chosen - rejected score gap", fontsize=10)
+    axes[1].set_title("Chosen / rejected similarity", fontsize=10)
+    fig.suptitle(title + "\n(bands: 95% bootstrap interval over prompts)", fontsize=10)
+    fig.tight_layout()
+    _save(plt, fig, target)
+    return target
 
 
 def card_markdown(plots: list[Plot], prefix: str = "plots/") -> str:

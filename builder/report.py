@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import json
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -20,12 +20,15 @@ from builder import stats
 from builder.errors import TsrError
 from builder.store import Store, now_utc
 
+if TYPE_CHECKING:
+    from builder.figure1 import Figure1
+
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; } td.text { text-align: left; }
+th { background: #f4f4f4; } td.text { text-align: left; white-space: normal; min-width: 6em; max-width: 40em; }
 code, .mono { font-family: ui-monospace, Menlo, Consolas, monospace; }
 .note { color: #666; font-size: 0.85em; } img { max-width: 100%; display: block; margin: 0.5em 0; }
 .wide { max-width: 100%; overflow-x: auto; } svg.lineage { max-width: 100%; height: auto; }
@@ -136,8 +139,10 @@ def build_report(
     snapshot_id: str | None = None,
     text_kind: str = "response",
     judge: stats.JudgeKey | None = None,
+    figure: tuple[Figure1, bytes] | None = None,
 ) -> str:
-    """The report's HTML text."""
+    """The report's HTML text. With a rescoring judge and an embedding snapshot it opens with Figure 1 (`figure`:
+    an experiment's rows and their drawn PNG; else drawn from the store's latest final pairs)."""
     marker = json.loads((store.root / "store.json").read_text("utf-8"))
     versions_summary = stats.run_sql(
         store, 'select stage, "table", count(*) as versions, sum(rows) as rows, min(created_at) as first, '
@@ -157,6 +162,9 @@ def build_report(
              f'schema {_esc(marker.get("schema_version"))}, created {_esc(marker.get("created_at"))}.')
     body = [f"<h1>temporal-sr report: {_esc(store.root)}</h1>", f'<p class="note">{about}</p>']
     # the diagnostics' plots first: what a reader opens the report for
+    if judge is not None and snapshot_id is not None and pair_table.num_rows:
+        body += ["<h2>Figure 1: score gap and similarity</h2>",
+                 _figure1_html(store, figure, judge=judge, snapshot_id=snapshot_id, text_kind=text_kind)]
     body += ["<h2>Plots</h2>", _plots_html(store, snapshot_id, text_kind, judge, has_pairs=pair_table.num_rows > 0)]
     body += ["<h2>Versions</h2>", html_table(versions_summary),
              "<details><summary>Every version</summary>", html_table(versions_all, limit=2000), "</details>"]
@@ -192,15 +200,40 @@ def _plots_html(store: Store, snapshot_id, text_kind, judge, *, has_pairs: bool)
 
     if not has_pairs:
         return '<p class="note">No pairs yet: nothing to plot.</p>'
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            written = plots.write_plots(store, Path(folder), snapshot_id=snapshot_id, text_kind=text_kind,
-                                        judge=judge)
-            images = [(p.title, base64.b64encode(p.path.read_bytes()).decode("ascii")) for p in written]
+    try:  # drawn in memory: the report writes nothing but its own file
+        drawn = plots.draw_plots(store, snapshot_id=snapshot_id, text_kind=text_kind, judge=judge)
     except TsrError as exc:  # matplotlib missing: the report still has every table
         return f'<p class="note">Plots left out: {_esc(exc)}</p>'
-    return "\n".join(f'<h3>{_esc(title)}</h3><img alt="{_esc(title)}" src="data:image/png;base64,{data}">'
-                     for title, data in images)
+    return "\n".join(_image(d.title, d.png) for d in drawn)
+
+
+def _image(title: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<h3>{_esc(title)}</h3><img alt="{_esc(title)}" src="data:image/png;base64,{data}">'
+
+
+def _figure1_html(store: Store, figure: tuple[Figure1, bytes] | None, *, judge: stats.JudgeKey, snapshot_id: str,
+                  text_kind: str) -> str:
+    """The two panels and the table with the reading of each paired interval."""
+    from builder import plots
+    from builder.figure1 import figure1
+
+    if figure is not None:
+        fig, png = figure
+        image = _image(fig.title, png)
+    else:
+        fig = figure1(store, judge=judge, snapshot_id=snapshot_id, text_kind=text_kind)
+        try:
+            image = _image(fig.title, plots.figure1_png(fig))
+        except TsrError as exc:  # matplotlib missing: the table still says it all
+            image = f'<p class="note">Figure left out: {_esc(exc)}</p>'
+    note = ("Intervals: 95% percentile bootstrap over prompts. The reading compares each method with SR on the "
+            "prompts both kept a pair for (paired bootstrap) and claims a difference only where that interval "
+            "excludes 0.")
+    table = fig.table.select("iteration", "method", "pairs", "rescored_gap", "rescored_gap_ci_low",
+                             "rescored_gap_ci_high", "similarity", "similarity_ci_low", "similarity_ci_high",
+                             "reading")
+    return "\n".join([image, f'<p class="note">{note}</p>', html_table(table.to_arrow())])
 
 
 def write_report(store: Store, out: Path, **options) -> Path:

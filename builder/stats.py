@@ -95,8 +95,13 @@ def _named(name: str) -> str:
     return "(\n" + named_sql(name).strip().rstrip(";") + "\n)"
 
 
-def _filters(method: str | None, iteration: int | None, prefix: str = "") -> tuple[str, dict[str, Any]]:
+def _filters(method: str | None, iteration: int | None, prefix: str = "",
+             versions: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """A WHERE clause for one method, one iteration and a list of pair versions (each where given)."""
     clauses, params = ["true"], {}
+    if versions is not None:
+        clauses.append(f"{prefix}pair_version in (select unnest($versions::varchar[]))")
+        params["versions"] = list(versions)
     if method is not None:
         clauses.append(f"{prefix}method = $method")
         params["method"] = method
@@ -136,8 +141,10 @@ def diagnostics(
     snapshot_id: str | None = None,
     text_kind: str = "response",
     judge: JudgeKey | None = None,
+    versions: Sequence[str] | None = None,
 ) -> pa.Table:
-    """The gap (and, when asked for, the rescored gap and the similarity) per method, iteration and phase.
+    """The gap (and, when asked for, the rescored gap and the similarity) per method, iteration and phase; only
+    the pair versions in `versions` where given (an experiment's, in a store that holds several runs).
 
     Columns: method, iteration, phase, final, pairs, mean_gap, gap_ci_low, gap_ci_high, [rescored_pairs,
     rescored_gap, rescored_gap_ci_low, rescored_gap_ci_high, rescored_chosen, rescored_rejected], [embedded_pairs,
@@ -145,7 +152,7 @@ def diagnostics(
     percentile bootstrap intervals over the pairs (one per prompt) of each version, seeded by the version and the
     figure (builder/intervals.py).
     """
-    where, params = _filters(method, iteration, "g.")
+    where, params = _filters(method, iteration, "g.", versions)
     columns = ["g.method", "g.iteration", "g.phase", "g.final", "g.pairs", "g.mean_gap"]
     joins = []
     reads = {"pairs"}
@@ -226,7 +233,7 @@ def _figures_per_pair(store: Store, versions: list[str], snapshot_id: str | None
 
 def method_differences(store: Store, *, method: str | None = None, iteration: int | None = None,
                        snapshot_id: str | None = None, text_kind: str = "response", judge: JudgeKey | None = None,
-                       baseline: str = "sr") -> pa.Table:
+                       baseline: str = "sr", versions: Sequence[str] | None = None) -> pa.Table:
     """Each method's final pairs against the baseline's (SR) at the same iteration, prompt by prompt: the mean
     difference of the gap (and of the rescored gap and the similarity where asked for) over the prompts both
     versions have a value for, its 95% paired bootstrap interval (the shared prompts resampled together) and
@@ -234,7 +241,7 @@ def method_differences(store: Store, *, method: str | None = None, iteration: in
     from builder.intervals import interval_seed, mean_interval
 
     final = final_rows(diagnostics(store, iteration=iteration, snapshot_id=snapshot_id, text_kind=text_kind,
-                                   judge=judge))
+                                   judge=judge, versions=versions))
     version_of = {(row["method"], row["iteration"]): row["pair_version"] for row in final.iter_rows(named=True)}
     figures = _figures_per_pair(store, sorted(version_of.values()), snapshot_id, text_kind, judge)
     rows = []
@@ -283,13 +290,14 @@ def final_rows(table: pa.Table) -> pl.DataFrame:
             .unique(["method", "iteration"], keep="last").sort("method", "iteration"))
 
 
-def pair_generation_ids(store: Store, *, method: str | None = None, iteration: int | None = None) -> list[str]:
+def pair_generation_ids(store: Store, *, method: str | None = None, iteration: int | None = None,
+                        versions: Sequence[str] | None = None) -> list[str]:
     """The chosen and rejected generation ids of the selected pairs, each once, sorted."""
-    where, params = _filters(method, iteration, "v.")
-    sql = ("with v as (select version, config_json ->> 'method' as method, "
+    where, params = _filters(method, iteration, "v.", versions)
+    sql = ("with v as (select version as pair_version, config_json ->> 'method' as method, "
            "cast(config_json ->> 'iteration' as integer) as iteration from versions where stage = 'pairs'), "
            "p as (select chosen_generation_id, rejected_generation_id from pairs "
-           f"join v on v.version = pairs.pair_version where {where}) "
+           f"join v using (pair_version) where {where}) "
            "select distinct generation_id from (select chosen_generation_id as generation_id from p "
            "union all select rejected_generation_id from p) order by generation_id")
     return run_sql(store, sql, params, reads=["pairs"]).column("generation_id").to_pylist()

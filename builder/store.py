@@ -231,8 +231,13 @@ class Store:
         """Hold the store's write lock, clear leftovers of killed writers, check the store, then write.
 
         A command that fails inside leaves the store as it found it: the checksum cache is only updated when the
-        block ends normally, and a store that was to be created is not created if nothing was written.
+        block ends normally, and a store that was to be created is not created if nothing was written. A block
+        inside another of the same Store (a step that locks for itself, called by a command that already holds
+        the lock) just goes on under the outer one.
         """
+        if self._writing:
+            yield self
+            return
         if self._pending_marker is not None:
             self._make_root()
         lock_path = self.root / ".lock"

@@ -119,6 +119,16 @@ def test_push_uploads_tables_card_manifests_and_tags(hub, source, pushed):
             "runs", "evals", "stats", "versions"} == set(configs)
     assert configs["pairs-tsr-iter1"]["data_files"][0]["path"] == f"data/pairs-tsr-iter1/train-{versions['d2']}.parquet"
     assert configs["pairs-tsr-iter1"].get("default") is True
+    # Each pair version's row carries the 95% bootstrap interval of its mean gap over prompts.
+    from builder.intervals import interval_seed
+    from tests.test_stats import _plain_bootstrap
+
+    for phase, config in (("d2", "pairs-tsr-iter1"), ("d1", "pairs-tsr-iter1-d1")):
+        gaps = store.read("pairs", versions=[versions[phase]]).sort_by("prompt_id").column("gap").to_pylist()
+        assert len(gaps) >= 2
+        low, high = _plain_bootstrap(gaps, interval_seed(versions[phase], "gap"))
+        row = next(line for line in card.splitlines() if line.startswith(f"| `{config}` |"))
+        assert row.split(" | ")[8] == f"[{low:.3f}, {high:.3f}]"
     # The card shows the store's plots, uploaded beside it as real PNGs.
     for name in ("gap.png", "scores.png"):
         assert f"](plots/{name})" in card

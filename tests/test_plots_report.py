@@ -135,6 +135,30 @@ def test_report_is_one_self_contained_file(tsr, store, tmp_path):
     assert edges == sorted(["built pairs"] * 4 + ["parent"] * 2 + ["trained"] * 2 + ["phase 1 -> 2"])
 
 
+def test_report_with_a_judge_and_a_snapshot_opens_with_figure_1(store, tmp_path, monkeypatch):
+    import tempfile
+
+    from builder.report import write_report
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # the PNGs are drawn in memory, never through a file
+    out = write_report(store, tmp_path / "report.html", snapshot_id="m0", judge=J_KEY)
+    assert list(scratch.iterdir()) == []
+    text = out.read_text("utf-8")
+    start, end = text.index("<h2>Figure 1: score gap and similarity</h2>"), text.index("<h2>Plots</h2>")
+    section = text[start:end]
+    image = re.search(r'src="data:image/png;base64,([^"]+)"', section).group(1)
+    assert_real_png(base64.b64decode(image), (1100, 450))
+    # final pairs rescored by J (as in test_stats): sr 1 (1.0), sr 2 (none kept), tsr 1 (4.0); tsr against sr at
+    # iteration 1: the two kept pairs for different prompts, so there is nothing to pair
+    rows = re.findall(r"<tr>(.*?)</tr>", section, re.DOTALL)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    assert [(c[0], c[1], c[3]) for c in cells] == [("1", "sr", "1.000"), ("1", "tsr", "4.000"), ("2", "sr", "-")]
+    assert cells[0][-1] == "baseline"
+    assert cells[1][-1] == "gap: no prompt has a value for both methods; similarity: no prompt has a value for both methods"
+
+
 def test_report_on_a_store_without_pairs(tsr, data_root, tmp_path):
     Store.init(data_root)
     out = tmp_path / "empty.html"
@@ -176,7 +200,7 @@ def test_diagnostics_on_a_loop_store(tsr, data_root, tmp_path):
     report = tmp_path / "report.html"
     tsr("report", "--out", str(report), "--snapshot", "tiny", "--judge", "tiny", "--profile", str(profile))
     assert Store.open(data_root).read("embeddings").num_rows == embedded.height  # cached, not recomputed
-    assert report.read_text("utf-8").count("data:image/png;base64,") == 3
+    assert report.read_text("utf-8").count("data:image/png;base64,") == 4  # Figure 1, gap, similarity, scores
 
 
 def test_bars_carry_the_bootstrap_interval_as_whiskers(store, tmp_path, monkeypatch):
@@ -237,30 +261,44 @@ def _four_iterations_of_two_methods(root: Path) -> Store:
     return Store.open(root)
 
 
-def test_the_report_fits_a_laptop_screen_in_headless_chromium(tsr, tmp_path):
-    """1280 px wide: the lineage graph (8 columns, over 2,000 px at its natural size) and the 25-column tables
-    stay inside the page; the page never scrolls sideways."""
+def find_chromium() -> str:
+    """Debian's headless Chromium, or a skip that says why."""
     import shutil
-    import subprocess
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    return chromium
+
+
+def page_widths(chromium: str, html: str, folder: Path) -> tuple[int, int]:
+    """(the page's scroll width, the window's width) of `html` opened at 1280 x 900 px, read by a probe that runs
+    once the page has loaded."""
+    import subprocess
+
+    probe = ('<script>window.addEventListener("load", () => { const page = document.documentElement; '
+             'document.body.setAttribute("data-widths", page.scrollWidth + " " + window.innerWidth); });</script>')
+    probed = folder / "probed.html"
+    probed.write_text(html.replace("</body>", probe + "</body>"), "utf-8")
+    dumped = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+         f"--user-data-dir={folder / 'profile'}", "--window-size=1280,900", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    scroll_width, inner_width = map(int, re.search(r'data-widths="(\d+) (\d+)"', dumped).groups())
+    return scroll_width, inner_width
+
+
+def test_the_report_fits_a_laptop_screen_in_headless_chromium(tsr, tmp_path):
+    """1280 px wide: the lineage graph (8 columns, over 2,000 px at its natural size) and the 25-column tables
+    stay inside the page; the page never scrolls sideways."""
+    chromium = find_chromium()
     store = _four_iterations_of_two_methods(tmp_path / "store")
     report = tmp_path / "report.html"
     tsr("--data", str(store.root), "report", "--out", str(report))
     text = report.read_text("utf-8")
     width = int(re.search(r'<svg [^>]*class="lineage" width="(\d+)"', text).group(1))
     assert width > 1280  # the case this test is about: a graph wider than the screen
-    probe = ('<script>window.addEventListener("load", () => { const page = document.documentElement; '
-             'document.body.setAttribute("data-widths", page.scrollWidth + " " + window.innerWidth); });</script>')
-    probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("</body>", probe + "</body>"), "utf-8")
-    dumped = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True).stdout
-    scroll_width, inner_width = map(int, re.search(r'data-widths="(\d+) (\d+)"', dumped).groups())
+    scroll_width, inner_width = page_widths(chromium, text, tmp_path)
     assert inner_width == 1280 and scroll_width <= inner_width
     assert text.index("<h2>Plots</h2>") < text.index("<h2>Versions</h2>")  # the figures come first

@@ -37,6 +37,7 @@ from builder.snapshot import Snapshot, adopt_folder, get_snapshot, register, sta
 from builder.store import Store, now_utc
 from schemas.tables import RUNS
 from train.common import (
+    FinishedRun,
     finished_run,
     load_tokenizer,
     lora_config,
@@ -85,7 +86,8 @@ def train_dpo(
 
     run_id = run_id_for(pair_version, start.snapshot_id, cfg)
     finished = finished_run(store, run_id)
-    dataset = load_pairs(store, pair_version) if finished is None else None
+    twin = same_pairs_run(store, pair_version, start, cfg) if finished is None else None
+    dataset = load_pairs(store, pair_version) if finished is None and twin is None else None
     staged = staging_folder(store) if dataset is not None and len(dataset) else None
     world.share(str(staged) if staged else None)  # the other ranks train iff a folder is named
     if finished is not None:
@@ -93,6 +95,11 @@ def train_dpo(
             _record_run(store, run_id, pair_version, start, finished.snapshot, cfg, finished.metrics,
                         finished.seconds)
         return TrainResult(finished.snapshot, run_id, finished.metrics, trained=False)
+    if twin is not None:
+        twin_id, twin_run = twin
+        metrics = {**twin_run.metrics, "same_pairs_as_run": twin_id}
+        _record_run(store, run_id, pair_version, start, twin_run.snapshot, cfg, metrics, 0.0)
+        return TrainResult(twin_run.snapshot, run_id, metrics, trained=False)
     started = time.monotonic()
     if staged is None:
         # Nothing to learn from: the model stays what it was. Recorded, so the loop's lineage stays complete.
@@ -116,6 +123,39 @@ def train_dpo(
     crash_point("train.before-run-record")
     _record_run(store, run_id, pair_version, start, snapshot, cfg, metrics, seconds)
     return TrainResult(snapshot, run_id, metrics, trained=True)
+
+
+def same_pairs_run(store: Store, pair_version: str, start: Snapshot,
+                   cfg: TrainConfig) -> tuple[str, FinishedRun] | None:
+    """A finished run (its id and output) of another pair version with the same pairs in the same order, from the
+    same start with the same settings: the model this run would train.
+
+    TSR without the future model trains M_1 on iteration 1's D1, the very pairs TSR's M_f of iteration 1 was
+    trained on from the same M0; only the versions differ (each names its method). Training them once is what
+    `tsr experiment` relies on to share that model.
+    """
+    candidates = [row for row in store.read("runs").to_pylist()
+                  if row["kind"] == "dpo" and row["start_snapshot_id"] == start.snapshot_id
+                  and len(row["data_versions"]) == 1 and row["data_versions"][0] != pair_version
+                  and row["run_id"] == run_id_for(row["data_versions"][0], start.snapshot_id, cfg)]
+    if not candidates:
+        return None
+    mine = _training_rows(store, pair_version)
+    for row in candidates:
+        if mine and store.manifest(row["data_versions"][0]) is not None \
+                and _training_rows(store, row["data_versions"][0]) == mine:
+            found = finished_run(store, row["run_id"])
+            if found is not None:
+                return row["run_id"], found
+    return None
+
+
+def _training_rows(store: Store, pair_version: str) -> list[tuple]:
+    """What DPO reads of a pair version: the prompt, chosen and rejected generation of each pair (generation ids
+    are content keys, so equal ids are equal texts), in the order train.data feeds them (by prompt)."""
+    pairs = store.read("pairs", versions=[pair_version])
+    return sorted(zip(*(pairs.column(name).to_pylist()
+                        for name in ("prompt_id", "chosen_generation_id", "rejected_generation_id"))))
 
 
 def _record_run(store: Store, run_id: str, pair_version: str, start: Snapshot, output: Snapshot,

@@ -43,6 +43,18 @@ def card_plots(store: Store, index: dict, folder: Path, warn: Warn) -> tuple[lis
         return [], []
 
 
+def card_intervals(store: Store, index: dict) -> dict[str, tuple[float | None, float | None]]:
+    """pair version -> the 95% bootstrap interval over prompts of its mean gap (builder/intervals.py), for the repo's
+    pair versions this store holds as the repo has them (the others are shown without one)."""
+    from builder.stats import diagnostics
+
+    shown = [version for version, _, _ in pair_entries(index) if _same_manifest(store, index, version)]
+    if not shown:
+        return {}
+    rows = diagnostics(_Published(store, shown), versions=shown).to_pylist()
+    return {row["pair_version"]: (row["gap_ci_low"], row["gap_ci_high"]) for row in rows}
+
+
 def _same_manifest(store: Store, index: dict, version: str) -> bool:
     path = manifest_file(store, version)
     return path.is_file() and sha256(path.read_bytes()) == index["versions"][version]["manifest_sha256"]
@@ -63,13 +75,15 @@ class _Published(Store):
         return super().manifest(version) if version in self._shown else None
 
 
-def dataset_card(index: dict, repo_id: str, plots: Sequence[Plot] = (), plotted: Sequence[str] = ()):
-    """The card for `index`: huggingface_hub's DatasetCard, its metadata a DatasetCardData with the configs."""
+def dataset_card(index: dict, repo_id: str, plots: Sequence[Plot] = (), plotted: Sequence[str] = (),
+                 intervals: dict[str, tuple[float | None, float | None]] | None = None):
+    """The card for `index`: huggingface_hub's DatasetCard, its metadata a DatasetCardData with the configs;
+    `intervals` (`card_intervals`) go beside the mean gaps."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     data = DatasetCardData(pretty_name=TITLE, task_categories=["text-generation"],
                            tags=["dpo", "preference", "temporal-sr", "self-rewarding"], configs=_configs(index))
-    body = _body(index, repo_id)
+    body = _body(index, repo_id, intervals or {})
     if plots:
         body += "\n" + card_markdown(list(plots), "plots/") + "\n"
         if len(plotted) < len(index["pairs"]):
@@ -99,7 +113,7 @@ def _configs(index: dict) -> list[dict[str, Any]]:
     return configs
 
 
-def _body(index: dict, repo_id: str) -> str:
+def _body(index: dict, repo_id: str, intervals: dict[str, tuple[float | None, float | None]]) -> str:
     tables = tables_in(index)
     pairs = pair_entries(index)
     lines = [
@@ -110,16 +124,19 @@ def _body(index: dict, repo_id: str) -> str:
         "`rejected` as chat messages), with the lineage of every pair (scores, generation ids, snapshots, pools).",
         "",
         "## Pair versions", "",
-        "| config | method | iteration | phase | pairs | mean chosen | mean rejected | mean gap | tag |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | method | iteration | phase | pairs | mean chosen | mean rejected | mean gap | gap 95% CI | tag |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for _, manifest, pushed in pairs:
+    for version, manifest, pushed in pairs:
         config, stats = json.loads(manifest["config_json"]), json.loads(manifest["stats_json"])
         lines.append(f"| `{pushed['config']}` | {config.get('method')} | {config.get('iteration')} | "
                      f"{config.get('phase')} | {pushed['rows']} | {_num(stats.get('mean_chosen'))} | "
-                     f"{_num(stats.get('mean_rejected'))} | {_num(stats.get('mean_gap'))} | `{pushed['tag']}` |")
+                     f"{_num(stats.get('mean_rejected'))} | {_num(stats.get('mean_gap'))} | "
+                     f"{_interval(intervals.get(version))} | `{pushed['tag']}` |")
     example = pairs[-1][2]["config"] if pairs else "pairs-tsr-iter1"
     lines += [
+        "", ("Gap 95% CI: percentile bootstrap interval of the mean gap over the version's prompts (2,000 resamples, "
+             "seeded by the version); blank for fewer than two pairs, or for a version another store pushed."),
         "", "```python", "from datasets import load_dataset", "",
         f'pairs = load_dataset("{repo_id}", "{example}", split="train")  # or revision="<tag>" for that version',
         "# trl.DPOTrainer(model=..., args=DPOConfig(...), train_dataset=pairs, processing_class=tokenizer)",
@@ -157,3 +174,7 @@ def _body(index: dict, repo_id: str) -> str:
 
 def _num(value) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def _interval(bounds: tuple[float | None, float | None] | None) -> str:
+    return "" if bounds is None or bounds[0] is None else f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from builder.errors import TsrError
 from builder.fingerprint import file_sha256
-from builder.hub.card import card_plots, dataset_card
+from builder.hub.card import card_intervals, card_plots, dataset_card
 from builder.hub.index import (
     INDEX_FILE,
     REPO_TYPE,
@@ -142,7 +142,8 @@ def _stage(store: Store, repo_id: str, new: list[Manifest], index: dict, staging
     pq.write_table(stats_table(index), stats, compression="zstd")
     pq.write_table(versions_table(index), versions, compression="zstd")
     plots, plotted = card_plots(store, index, staging / "plots", warn) if index["pairs"] else ([], [])
-    dataset_card(index, repo_id, plots, plotted).save(card)
+    intervals = card_intervals(store, index) if index["pairs"] else {}
+    dataset_card(index, repo_id, plots, plotted, intervals).save(card)
     index_file.write_bytes(index_bytes(index))
     uploads += [("data/stats/stats.parquet", stats, None), ("data/versions/versions.parquet", versions, None),
                 ("README.md", card, None), (INDEX_FILE, index_file, None)]
