@@ -396,3 +396,16 @@ def test_method_differences_are_paired_over_shared_prompts(tmp_path, tsr):
     assert out[0].split() == ["iter", "method", "vs", "figure", "prompts", "difference", "95%", "CI", "excludes", "0"]
     assert out[2].split()[:6] == ["1", "tsr", "sr", "gap", "4", "1.000"] and out[2].split()[-1] == "yes"
     assert stats.method_differences(store, method="tsr-past").num_rows == 0  # no tsr-past pairs in this store
+
+
+def test_the_diagnostics_of_a_list_of_pair_versions(store):
+    """An experiment's versions in a store that holds others: only those rows, their generations, their intervals."""
+    everything = rows_by_version(stats.diagnostics(store, judge=J_KEY))
+    chosen = rows_by_version(stats.diagnostics(store, judge=J_KEY, versions=["sr1", "tsrd2"]))
+    assert set(chosen) == {"sr1", "tsrd2"} and len(everything) == 4
+    for version, row in chosen.items():
+        assert row == everything[version]  # the same figures and intervals, whatever else the store holds
+    pairs = pl.from_arrow(store.read("pairs")).filter(pl.col("pair_version").is_in(["sr1", "tsrd2"]))
+    assert stats.pair_generation_ids(store, versions=["sr1", "tsrd2"]) == sorted(
+        set(pairs["chosen_generation_id"]) | set(pairs["rejected_generation_id"]))
+    assert stats.diagnostics(store, versions=[]).num_rows == 0
