@@ -664,6 +664,16 @@ def train_command(ctx, pair_ref, iteration, method, m0_ref, judge_ref, prompt_se
     click.echo(f"snapshot {snap.snapshot_id}  {snap.name}  {metrics}")
 
 
+def _named_snapshot(store, ref: str, flag: str):
+    """The snapshot `ref` names; the error says which flag named it."""
+    from builder.snapshot import get_snapshot
+
+    try:
+        return get_snapshot(store, ref)
+    except TsrError as exc:
+        raise TsrError(f"{flag} {ref}: {exc}") from None
+
+
 @cli.command(name="experiment")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder for figure1.png, figure1.md, figure1.csv, report.html and experiment.json.")
@@ -706,10 +716,13 @@ def experiment_command(ctx, out, sr_iters, tsr_iters, no_tsr_past, m0_ref, judge
     check_output_dir(out)
     store = _store(ctx, create=True)
     with store.writing():
-        m0 = snapshots.get_snapshot(store, m0_ref) if m0_ref else snapshots.add_default(store)
-        judge_snap = snapshots.get_snapshot(store, judge_ref) if judge_ref else m0
-        embed_snap = snapshots.get_snapshot(store, snapshot_ref) if snapshot_ref else m0
-        set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+        m0 = _named_snapshot(store, m0_ref, "--m0") if m0_ref else snapshots.add_default(store)
+        judge_snap = _named_snapshot(store, judge_ref, "--judge") if judge_ref else m0
+        embed_snap = _named_snapshot(store, snapshot_ref, "--snapshot") if snapshot_ref else m0
+        try:
+            set_version = _resolve_prompt_set(store, prompt_set, settings.loop.chunks)
+        except TsrError as exc:
+            raise TsrError(f"--prompt-set {prompt_set}: {exc}") from None
         result = experiment.run_experiment(
             store, settings, m0=m0, prompt_set=set_version, iterations=iterations, judge=judge_snap,
             snapshot=embed_snap, text_kind=text_kind, profile=profile, executor=executor, batch_size=batch_size)

@@ -214,8 +214,8 @@ def test_bad_input_is_one_line_and_changes_nothing(tsr, experiment, tmp_path):
         (["--sr-iters", "0", "--tsr-iters", "0"], "at least one method"),
         (["--tsr-iters", "6"], "split into 5 chunks"),
         (["--out", str(profile)], "exists and is not a folder"),
-        (["--judge", "nosuch"], "nosuch"),
-        (["--snapshot", "nosuch"], "nosuch"),
+        (["--judge", "nosuch"], "--judge nosuch: no snapshot"),
+        (["--snapshot", "nosuch"], "--snapshot nosuch: no snapshot"),
         (["--profile", str(tmp_path / "none.yaml")], "none.yaml"),
     ]
     for extra, message in cases:
