@@ -207,9 +207,10 @@ def _plots_html(store: Store, snapshot_id, text_kind, judge, *, has_pairs: bool)
     return "\n".join(_image(d.title, d.png) for d in drawn)
 
 
-def _image(title: str, png: bytes) -> str:
+def _image(title: str, png: bytes, *, heading: bool = True) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f'<h3>{_esc(title)}</h3><img alt="{_esc(title)}" src="data:image/png;base64,{data}">'
+    image = f'<img alt="{_esc(title)}" src="data:image/png;base64,{data}">'
+    return f"<h3>{_esc(title)}</h3>{image}" if heading else image
 
 
 def _figure1_html(store: Store, figure: tuple[Figure1, bytes] | None, *, judge: stats.JudgeKey, snapshot_id: str,
@@ -220,11 +221,11 @@ def _figure1_html(store: Store, figure: tuple[Figure1, bytes] | None, *, judge: 
 
     if figure is not None:
         fig, png = figure
-        image = _image(fig.title, png)
+        image = _image(fig.title, png, heading=False)  # the figure's own title says it
     else:
         fig = figure1(store, judge=judge, snapshot_id=snapshot_id, text_kind=text_kind)
         try:
-            image = _image(fig.title, plots.figure1_png(fig))
+            image = _image(fig.title, plots.figure1_png(fig), heading=False)
         except TsrError as exc:  # matplotlib missing: the table still says it all
             image = f'<p class="note">Figure left out: {_esc(exc)}</p>'
     note = ("Intervals: 95% percentile bootstrap over prompts. The reading compares each method with SR on the "
