@@ -27,11 +27,12 @@ ARGS = ["--m0", "tiny", "--profile", "{profile}", "--sr-iters", "3", "--tsr-iter
 OUTPUTS = {"figure1.png", "figure1.md", "figure1.csv", "report.html", "experiment.json"}
 
 
-def _run(data_root: Path, profile: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+def _run(data_root: Path, profile: Path, out: Path, extra: tuple[str, ...] | list[str] = (),
+         **env: str) -> subprocess.CompletedProcess:
     from tests.conftest import tsr_env
 
     args = [a.format(profile=profile) for a in ARGS]
-    return subprocess.run([sys.executable, "-m", "builder", "experiment", "--out", str(out), *args],
+    return subprocess.run([sys.executable, "-m", "builder", "experiment", "--out", str(out), *args, *extra],
                           env=tsr_env(data_root, **env), capture_output=True, text=True, timeout=900, check=False)
 
 
@@ -47,7 +48,7 @@ def _fresh_store(root: Path, model: Path) -> None:
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    """One finished experiment: (data root, output folder, profile, stdout)."""
+    """One finished experiment: (data root, output folder, profile, tiny model, stdout)."""
     base = tmp_path_factory.mktemp("experiment")
     model = make_tiny_model(base / "model")
     profile = base / "tiny.yaml"
@@ -249,3 +250,18 @@ def test_the_experiment_report_fits_a_laptop_screen_in_headless_chromium(experim
     _, out, *_ = experiment
     scroll_width, inner_width = page_widths(chromium, (out / "report.html").read_text("utf-8"), tmp_path)
     assert inner_width == 1280 and scroll_width <= inner_width
+
+
+@pytest.mark.slow
+def test_on_a_local_ray_cluster_the_experiment_gives_the_same_figure(experiment, tmp_path):
+    """--executor ray: generation, judging, rescoring and embedding in Ray actors (a local cluster); the same
+    pairs, figures and intervals as in this process."""
+    pytest.importorskip("ray")
+    _, out, profile, model, _ = experiment
+    root = tmp_path / "tsr-data"
+    _fresh_store(root, model)
+    result = _run(root, profile, tmp_path / "ray", extra=["--executor", "ray"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ray" / "figure1.csv").read_bytes() == (out / "figure1.csv").read_bytes()
+    record = json.loads((tmp_path / "ray" / "experiment.json").read_text())
+    assert record["final_pairs"] == json.loads((out / "experiment.json").read_text())["final_pairs"]
