@@ -51,15 +51,16 @@ eval: $(STAMP)
 	$(TSR) eval ifeval --snapshot M$(ITER)-$(METHOD) --prompts $(IFEVAL) --profile $(PROFILE)
 
 # The paper's Figure 1 on the embedded default: SR for SR_ITERS iterations against TSR and TSR without the future for
-# TSR_ITERS, on FIGURE1_PROMPTS prompts per iteration (24: every prompt of a default chunk), every final pair rescored
-# by M0 and embedded under M0; figure, table and report in FIGURE1_OUT. A rerun reuses everything.
+# TSR_ITERS, every final pair rescored by M0 and embedded under M0; figure, table and report in FIGURE1_OUT. On
+# cpu-demo FIGURE1_PROMPTS is 24 per iteration (every prompt of a default chunk; the profile's own 8 give intervals too
+# wide to read); other profiles use their loop.prompts_per_iteration unless FIGURE1_PROMPTS= says. A rerun reuses all.
 SR_ITERS        ?= 4
 TSR_ITERS       ?= 2
-FIGURE1_PROMPTS ?= 24
+FIGURE1_PROMPTS ?= $(if $(filter cpu-demo,$(PROFILE)),24)
 FIGURE1_OUT     ?= tsr-figure1
 figure1: $(STAMP)
-	$(TSR) experiment --out $(FIGURE1_OUT) --sr-iters $(SR_ITERS) --tsr-iters $(TSR_ITERS) \
-		--prompts-per-iteration $(FIGURE1_PROMPTS) --profile $(PROFILE) $(if $(EXECUTOR),--executor $(EXECUTOR))
+	$(TSR) experiment --out $(FIGURE1_OUT) --sr-iters $(SR_ITERS) --tsr-iters $(TSR_ITERS) --profile $(PROFILE) \
+		$(if $(FIGURE1_PROMPTS),--prompts-per-iteration $(FIGURE1_PROMPTS)) $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 # M0 = SFT(BASE, IFT + EFT): the shipped seed sets unless IFT=/EFT= name versions; BASE defaults to the embedded model.
 BASE ?=
