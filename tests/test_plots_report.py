@@ -140,11 +140,19 @@ def test_report_with_a_judge_and_a_snapshot_opens_with_figure_1(store, tmp_path,
 
     from builder.report import write_report
 
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # the PNGs are drawn in memory, never through a file
+    made = []  # where each temporary file or folder was made: the PNGs are drawn in memory, never through a file
+
+    def recording(original):
+        def record(*args, **kwargs):
+            made.append(kwargs.get("dir"))
+            return original(*args, **kwargs)
+
+        return record
+
+    for name in ("mkdtemp", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, recording(getattr(tempfile, name)))
     out = write_report(store, tmp_path / "report.html", snapshot_id="m0", judge=J_KEY)
-    assert list(scratch.iterdir()) == []
+    assert made == [tmp_path]  # the report's own file, written beside it and renamed
     text = out.read_text("utf-8")
     start, end = text.index("<h2>Figure 1: score gap and similarity</h2>"), text.index("<h2>Plots</h2>")
     section = text[start:end]
