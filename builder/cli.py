@@ -580,12 +580,12 @@ def loop_options(function):
     return function
 
 
-def _check_loop_inputs(settings, prompt_set: str | None, iteration: int) -> None:
+def _check_loop_inputs(settings, prompt_set: str | None, iteration: int, flag: str = "--iter") -> None:
     """What the loop would trip over only after models load: the iteration's chunk and the judge's template."""
     from builder.stages.judge import template_text
     from train.launch import check_launcher
 
-    _check_chunk(settings, prompt_set, iteration, "--iter")
+    _check_chunk(settings, prompt_set, iteration, flag)
     template_text(settings.judge)
     check_launcher(settings.train, "train")
 
@@ -711,8 +711,10 @@ def experiment_command(ctx, out, sr_iters, tsr_iters, no_tsr_past, m0_ref, judge
                                     ("tsr-past", 0 if no_tsr_past else tsr_iters)) if n}
     overrides = {"executor": {"kind": executor}, "loop": {"prompts_per_iteration": prompts_per_iteration}}
     settings = load_profile(profile, overrides)  # every check runs before the store is opened
-    experiment.check_iterations(iterations, settings.loop.chunks, prompt_set is not None)
-    _check_loop_inputs(settings, prompt_set, max(iterations.values()))
+    if not iterations:
+        raise TsrError("an experiment needs at least one method with at least one iteration")
+    longest = max(iterations, key=iterations.__getitem__)
+    _check_loop_inputs(settings, prompt_set, iterations[longest], "--sr-iters" if longest == "sr" else "--tsr-iters")
     check_output_dir(out)
     store = _store(ctx, create=True)
     with store.writing():

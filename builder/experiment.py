@@ -26,7 +26,6 @@ from pathlib import Path
 
 from builder.backends.base import Generator
 from builder.config import Profile
-from builder.errors import TsrError
 from builder.figure1 import Figure1
 from builder.snapshot import Snapshot
 from builder.stats import JudgeKey
@@ -48,16 +47,6 @@ class ExperimentResult:
     work: dict[str, int] = field(default_factory=dict)  # generated, judged, trained, rescored, embedded
     seconds: dict[str, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-
-
-def check_iterations(iterations: dict[str, int], chunks: int, prompt_set_given: bool) -> None:
-    """Every method runs at least one iteration, and the default prompts have a chunk for each."""
-    if not iterations:
-        raise TsrError("an experiment needs at least one method with at least one iteration")
-    if not prompt_set_given and max(iterations.values()) > chunks:
-        method, most = max(iterations.items(), key=lambda item: item[1])
-        raise TsrError(f"{method} for {most} iterations: the default prompts are split into {chunks} chunks "
-                       "(loop.chunks of the profile), one per iteration")
 
 
 def run_loops(store: Store, settings: Profile, *, m0: Snapshot, prompt_set: str, iterations: dict[str, int],

@@ -142,9 +142,11 @@ def diagnostics(
     text_kind: str = "response",
     judge: JudgeKey | None = None,
     versions: Sequence[str] | None = None,
+    intervals: bool = True,
 ) -> pa.Table:
     """The gap (and, when asked for, the rescored gap and the similarity) per method, iteration and phase; only
-    the pair versions in `versions` where given (an experiment's, in a store that holds several runs).
+    the pair versions in `versions` where given (an experiment's, in a store that holds several runs); without the
+    interval columns when `intervals` is False (a caller that only picks versions).
 
     Columns: method, iteration, phase, final, pairs, mean_gap, gap_ci_low, gap_ci_high, [rescored_pairs,
     rescored_gap, rescored_gap_ci_low, rescored_gap_ci_high, rescored_chosen, rescored_rejected], [embedded_pairs,
@@ -181,7 +183,7 @@ def diagnostics(
     sql = (f"select {', '.join(columns)} from {_named('gap_diagnostics')} g {' '.join(joins)} where {where} "
            "order by g.method, g.iteration, g.phase, g.created_at, g.pair_version")
     table = run_sql(store, sql, params, reads=sorted(reads))
-    return _with_intervals(store, table, snapshot_id, text_kind, judge)
+    return _with_intervals(store, table, snapshot_id, text_kind, judge) if intervals else table
 
 
 def _with_intervals(store: Store, table: pa.Table, snapshot_id: str | None, text_kind: str,
@@ -240,8 +242,9 @@ def method_differences(store: Store, *, method: str | None = None, iteration: in
     whether that interval excludes zero."""
     from builder.intervals import interval_seed, mean_interval
 
+    # the final versions only: their per-prompt values are read below, so no interval of the versions is needed
     final = final_rows(diagnostics(store, iteration=iteration, snapshot_id=snapshot_id, text_kind=text_kind,
-                                   judge=judge, versions=versions))
+                                   judge=judge, versions=versions, intervals=False))
     version_of = {(row["method"], row["iteration"]): row["pair_version"] for row in final.iter_rows(named=True)}
     figures = _figures_per_pair(store, sorted(version_of.values()), snapshot_id, text_kind, judge)
     rows = []

@@ -213,7 +213,7 @@ def test_bad_input_is_one_line_and_changes_nothing(tsr, experiment, tmp_path):
     before = _tree(copy)
     cases = [
         (["--sr-iters", "0", "--tsr-iters", "0"], "at least one method"),
-        (["--tsr-iters", "6"], "split into 5 chunks"),
+        (["--tsr-iters", "6"], "--tsr-iters 6: the default prompts are split into 5 chunks"),
         (["--out", str(profile)], "exists and is not a folder"),
         (["--judge", "nosuch"], "--judge nosuch: no snapshot"),
         (["--snapshot", "nosuch"], "--snapshot nosuch: no snapshot"),

@@ -41,13 +41,18 @@ def finished_run(store: Store, run_id: str) -> FinishedRun | None:
     """
     for row in store.read("runs").to_pylist():
         if row["run_id"] == run_id:
-            return FinishedRun(get_snapshot(store, row["output_snapshot_id"]), json.loads(row["metrics_json"]),
-                               row["seconds"], recorded=True)
+            return recorded_run(store, row)
     for snapshot in list_snapshots(store):
         if snapshot.run_id == run_id:
             record = json.loads((Path(snapshot.folder(store)) / RUN_FILE).read_text("utf-8"))
             return FinishedRun(snapshot, record["metrics"], record["seconds"], recorded=False)
     return None
+
+
+def recorded_run(store: Store, row: dict) -> FinishedRun:
+    """The output of a run from its row in `runs`."""
+    return FinishedRun(get_snapshot(store, row["output_snapshot_id"]), json.loads(row["metrics_json"]), row["seconds"],
+                       recorded=True)
 
 
 def write_run_file(folder: Path, record: dict) -> None:

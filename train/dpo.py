@@ -41,6 +41,7 @@ from train.common import (
     finished_run,
     load_tokenizer,
     lora_config,
+    recorded_run,
     rounded,
     run_entry_point,
     train_and_save,
@@ -138,15 +139,13 @@ def same_pairs_run(store: Store, pair_version: str, start: Snapshot,
                   if row["kind"] == "dpo" and row["start_snapshot_id"] == start.snapshot_id
                   and len(row["data_versions"]) == 1 and row["data_versions"][0] != pair_version
                   and row["run_id"] == run_id_for(row["data_versions"][0], start.snapshot_id, cfg)]
-    if not candidates:
+    mine = _training_rows(store, pair_version) if candidates else []
+    if not mine:  # no candidate, or no pairs (an empty version trains nothing anyway)
         return None
-    mine = _training_rows(store, pair_version)
     for row in candidates:
-        if mine and store.manifest(row["data_versions"][0]) is not None \
-                and _training_rows(store, row["data_versions"][0]) == mine:
-            found = finished_run(store, row["run_id"])
-            if found is not None:
-                return row["run_id"], found
+        theirs = row["data_versions"][0]
+        if store.manifest(theirs) is not None and _training_rows(store, theirs) == mine:
+            return row["run_id"], recorded_run(store, row)
     return None
 
 

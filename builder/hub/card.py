@@ -30,7 +30,7 @@ def card_plots(store: Store, index: dict, folder: Path, warn: Warn) -> tuple[lis
     several stores pushed to, the others' versions are listed on the card but not plotted (the card says so).
     No plots where matplotlib is missing or no pair version of a final phase is there to draw.
     """
-    shown = [version for version, _, _ in pair_entries(index) if _same_manifest(store, index, version)]
+    shown = _held_as_pushed(store, index)
     configs = [store.manifest(v).config for v in shown]
     if not any(FINAL_PHASE.get(c["method"]) == c["phase"] for c in configs):
         warn("no plots in the dataset card: no pair version of a final phase (the pairs that train the next "
@@ -48,11 +48,16 @@ def card_intervals(store: Store, index: dict) -> dict[str, tuple[float | None, f
     pair versions this store holds as the repo has them (the others are shown without one)."""
     from builder.stats import diagnostics
 
-    shown = [version for version, _, _ in pair_entries(index) if _same_manifest(store, index, version)]
+    shown = _held_as_pushed(store, index)
     if not shown:
         return {}
     rows = diagnostics(_Published(store, shown), versions=shown).to_pylist()
     return {row["pair_version"]: (row["gap_ci_low"], row["gap_ci_high"]) for row in rows}
+
+
+def _held_as_pushed(store: Store, index: dict) -> list[str]:
+    """The repo's pair versions this store holds as the repo has them (same manifest checksum)."""
+    return [version for version, _, _ in pair_entries(index) if _same_manifest(store, index, version)]
 
 
 def _same_manifest(store: Store, index: dict, version: str) -> bool:
